@@ -1,0 +1,164 @@
+"""Postformer configuration.
+
+This file is copied beside every saved model so that
+`AutoConfig.from_pretrained(folder, trust_remote_code=True)` works without the `postformer` package:
+it may import from `transformers` and the standard library only.
+"""
+
+from transformers import PretrainedConfig
+
+POSITION_EMBEDDING_TYPES = ("rope", "sinusoidal", "learned", "none")
+
+# The original design's `TransformerConfig` names, and the standard names they map to.
+DESIGN_NAMES = {
+    "d_model": "hidden_size",
+    "d_ff": "intermediate_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "max_seq_length": "max_position_embeddings",
+    "dropout": "hidden_dropout",
+}
+
+# Small / medium / large reproduce the design's table (1.2M / 4.8M / 12.3M parameters at vocab 8192);
+# they use rotary positions alone, which every attention kernel runs. "base" is the design's default config.
+PRESETS = {
+    "small": dict(vocab_size=8192, hidden_size=112, intermediate_size=448, num_hidden_layers=2,
+                  num_attention_heads=4, use_relative_position=False),
+    "medium": dict(vocab_size=8192, hidden_size=256, intermediate_size=1024, num_hidden_layers=3,
+                   num_attention_heads=4, use_relative_position=False),
+    "large": dict(vocab_size=8192, hidden_size=384, intermediate_size=1536, num_hidden_layers=5,
+                  num_attention_heads=6, use_relative_position=False),
+    "base": dict(),  # the class defaults below are the design's defaults
+}
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_postformer.PostformerConfig",
+    "AutoModel": "modeling_postformer.PostformerModel",
+    "AutoModelForCausalLM": "modeling_postformer.PostformerForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_postformer.PostformerForSequenceClassification",
+}
+
+
+class PostformerConfig(PretrainedConfig):
+    r"""Configuration of a Postformer decoder-only language model.
+
+    Defaults are the original design's (`TransformerConfig`): vocab 50000, 512 positions, hidden 768,
+    feed-forward 3072, 12 layers of 12 heads, dropout 0.1, rotary plus Shaw relative positions clipped at 64.
+
+    Positions: `position_embedding_type` picks the absolute scheme ("rope" rotates queries and keys,
+    "sinusoidal" and "learned" are added to the token embeddings, "none" uses no absolute position).
+    `use_relative_position` adds Shaw et al. (2018) relative embeddings of the clipped distance j - i on
+    the key and the value side, alone or with any absolute scheme. Relative positions need the attention
+    probabilities, so they run on the "eager" kernel only.
+
+    The design's names are accepted as keyword arguments: `d_model` (hidden_size), `d_ff`
+    (intermediate_size), `num_layers` (num_hidden_layers), `num_heads` (num_attention_heads),
+    `max_seq_length` (max_position_embeddings), `dropout` (hidden_dropout), `use_rope` (True: "rope",
+    False: "sinusoidal"), `use_flash_attention` (True: attn_implementation "sdpa", False: "eager") and
+    `use_group_query_attention` (True: num_key_value_heads = num_attention_heads // 4 unless given).
+    """
+
+    model_type = "postformer"
+    keys_to_ignore_at_inference = ["cache"]
+
+    vocab_size: int = 50000
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_key_value_heads: int | None = None
+    max_position_embeddings: int = 512
+    hidden_act: str = "gelu"
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    position_embedding_type: str = "rope"
+    rope_theta: float = 10000.0
+    use_relative_position: bool = True
+    max_relative_position: int = 64
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    sep_token_id: int | None = 3
+
+    def __post_init__(self, **kwargs):
+        for design_name, name in DESIGN_NAMES.items():
+            if design_name in kwargs:
+                setattr(self, name, kwargs.pop(design_name))
+        if "use_rope" in kwargs:
+            self.position_embedding_type = "rope" if kwargs.pop("use_rope") else "sinusoidal"
+        if "use_flash_attention" in kwargs:
+            kwargs.setdefault("attn_implementation", "sdpa" if kwargs.pop("use_flash_attention") else "eager")
+        if kwargs.pop("use_group_query_attention", False) and self.num_key_value_heads is None:
+            self.num_key_value_heads = max(1, self.num_attention_heads // 4)
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        super().__post_init__(**kwargs)
+        self._check_values()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "PostformerConfig":
+        """A config from the design's table ("small", "medium", "large") or its defaults ("base")."""
+        if name not in PRESETS:
+            raise ValueError(f"preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def _check_values(self):
+        """Raise ValueError naming the field and the rule it breaks."""
+        ints = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "max_position_embeddings", "max_relative_position")
+        for name in ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        for name in ("hidden_dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        for name in ("layer_norm_eps", "initializer_range", "rope_theta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be divisible by num_key_value_heads "
+                f"({self.num_key_value_heads})"
+            )
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(
+                f"position_embedding_type must be one of {POSITION_EMBEDDING_TYPES}, "
+                f"got {self.position_embedding_type!r}"
+            )
+        if self.position_embedding_type == "rope" and self.head_dim % 2:
+            raise ValueError(
+                f"head dimension hidden_size / num_attention_heads = {self.head_dim} must be even with "
+                "position_embedding_type='rope' (rotary embeddings rotate pairs of dimensions)"
+            )
+        if not isinstance(self.use_relative_position, bool):
+            raise ValueError(f"use_relative_position must be True or False, got {self.use_relative_position!r}")
+        if self.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu"):
+            raise ValueError(
+                f"hidden_act must be one of gelu, gelu_new, gelu_pytorch_tanh, relu, silu; got {self.hidden_act!r}"
+            )
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 0 <= value < self.vocab_size):
+                raise ValueError(f"{name} must be None or an id in [0, vocab_size={self.vocab_size}), got {value!r}")
+
+
+__all__ = ["PostformerConfig"]

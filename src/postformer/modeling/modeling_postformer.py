@@ -1,0 +1,530 @@
+"""Postformer: a decoder-only transformer language model for social-media posts.
+
+Read top to bottom: positions (rotary, sinusoidal, learned, Shaw relative), attention, feed-forward,
+the pre-norm block, then the models. It follows transformers' Llama implementation (naming, cache,
+attention-kernel interface, output capture) so that every tool of the Hugging Face stack works on it.
+
+This file is copied beside every saved model, so that `AutoModelForCausalLM.from_pretrained(folder,
+trust_remote_code=True)` works without the `postformer` package: it imports from `torch`,
+`transformers` and its sibling `configuration_postformer` only.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_postformer import PostformerConfig
+
+# ----------------------------------------------------------------------------------------------------------------
+# Positions
+
+
+class PostformerRotaryEmbedding(nn.Module):
+    """RoPE (Su et al.): cos/sin tables that rotate query and key pairs by an angle proportional to position."""
+
+    def __init__(self, config: PostformerConfig):
+        super().__init__()
+        self.config = config
+        self.inv_freq = nn.Buffer(self.compute_inv_freq(config), persistent=False)
+
+    @staticmethod
+    def compute_inv_freq(config: PostformerConfig) -> torch.Tensor:
+        dim = config.head_dim
+        return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+class PostformerSinusoidalEmbedding(nn.Module):
+    """The fixed sin/cos position table of Vaswani et al., added to the token embeddings."""
+
+    def __init__(self, config: PostformerConfig):
+        super().__init__()
+        self.config = config
+        self.table = nn.Buffer(self.compute_table(config), persistent=False)
+
+    @staticmethod
+    def compute_table(config: PostformerConfig) -> torch.Tensor:
+        position = torch.arange(config.max_position_embeddings, dtype=torch.float).unsqueeze(1)
+        div_term = torch.exp(torch.arange(0, config.hidden_size, 2).float() * (-math.log(10000.0) / config.hidden_size))
+        table = torch.zeros(config.max_position_embeddings, config.hidden_size)
+        table[:, 0::2] = torch.sin(position * div_term)
+        table[:, 1::2] = torch.cos(position * div_term)[:, : config.hidden_size // 2]
+        return table
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.table[position_ids]
+
+
+class PostformerRelativePositions(nn.Module):
+    """Shaw et al. (2018): learned embeddings of the clipped distance j - i, on the key and the value side.
+
+    Rather than materialising a (query, key, head_dim) tensor, scores are taken against the 2R+1 distance
+    embeddings and gathered per (i, j); on the value side the probabilities are summed per distance bucket
+    and multiplied by the value embeddings. Shared by the heads of a layer, as in the paper.
+    """
+
+    def __init__(self, config: PostformerConfig):
+        super().__init__()
+        self.max_distance = config.max_relative_position
+        self.key_embeddings = nn.Embedding(2 * self.max_distance + 1, config.head_dim)
+        self.value_embeddings = nn.Embedding(2 * self.max_distance + 1, config.head_dim)
+
+    def buckets(self, query_positions: torch.Tensor, key_length: int) -> torch.Tensor:
+        """(q, k) indices of the clipped distance j - i, from 0 (j - i <= -R) to 2R (j - i >= R)."""
+        key_positions = torch.arange(key_length, device=query_positions.device)
+        distance = key_positions[None, :] - query_positions[:, None]
+        return distance.clamp(-self.max_distance, self.max_distance) + self.max_distance
+
+    def key_scores(self, query: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+        """q_i . a^K_{ij} for every (i, j): (batch, heads, q, k)."""
+        per_bucket = torch.matmul(query, self.key_embeddings.weight.to(query.dtype).t())  # (b, h, q, 2R+1)
+        return per_bucket.gather(-1, buckets.expand(*query.shape[:2], *buckets.shape))
+
+    def value_output(self, probs: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+        """sum_j p_ij a^V_{ij}: (batch, heads, q, head_dim)."""
+        per_bucket = probs.new_zeros(*probs.shape[:-1], self.value_embeddings.num_embeddings)
+        per_bucket.scatter_add_(-1, buckets.expand_as(probs), probs)
+        return torch.matmul(per_bucket, self.value_embeddings.weight.to(probs.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    query_positions: torch.Tensor | None = None,
+    **kwargs: Unpack[TransformersKwargs],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out, with Shaw relative positions when the layer has them (other kernels cannot)."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    relative = module.relative_positions
+
+    scores = torch.matmul(query, key.transpose(2, 3))
+    if relative is not None:
+        buckets = relative.buckets(query_positions, key.shape[-2])
+        scores = scores + relative.key_scores(query, buckets)
+    scores = scores * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs, value)
+    if relative is not None:
+        output = output + relative.value_output(probs, buckets)
+    return output.transpose(1, 2).contiguous(), probs
+
+
+class PostformerAttention(nn.Module):
+    """Multi-head (or grouped-query, when num_key_value_heads < num_attention_heads) causal self-attention.
+
+    Queries, keys and values come from one fused projection: one matrix multiply instead of three.
+    """
+
+    def __init__(self, config: PostformerConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+
+        self.qkv_proj = nn.Linear(config.hidden_size, (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size)
+        self.o_proj.is_residual_output = True  # scaled at init, see _init_weights
+        self.relative_positions = PostformerRelativePositions(config) if config.use_relative_position else None
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        qkv = self.qkv_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        query_states, key_states, value_states = qkv.split(
+            [self.num_heads, self.num_key_value_heads, self.num_key_value_heads], dim=1
+        )
+        if position_embeddings is not None:  # rotary positions
+            cos, sin = position_embeddings
+            query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+        return attn_output, attn_weights
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Block
+
+
+class PostformerMLP(nn.Module):
+    """The design's feed-forward: up-projection, GELU, down-projection."""
+
+    def __init__(self, config: PostformerConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.down_proj.is_residual_output = True  # scaled at init, see _init_weights
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(x)))
+
+
+class PostformerDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: x + Dropout(Attention(LayerNorm(x))), then x + Dropout(MLP(LayerNorm(x)))."""
+
+    def __init__(self, config: PostformerConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = PostformerAttention(config, layer_idx)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = PostformerMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attn_output, _ = self.self_attn(
+            self.input_layernorm(hidden_states),
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            cache=cache,
+            **kwargs,
+        )
+        hidden_states = hidden_states + self.dropout(attn_output)
+        return hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+
+
+class PostformerPreTrainedModel(PreTrainedModel):
+    config_class = PostformerConfig
+    config: PostformerConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PostformerDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {
+        "hidden_states": PostformerDecoderLayer,
+        "attentions": PostformerAttention,
+    }
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        # Shaw relative positions add a value-side term that needs the attention probabilities, which fused
+        # kernels (sdpa, flash, flex) never return: such models run on the eager kernel, and asking for
+        # another one is an error rather than a silent change of the model.
+        if self.config.use_relative_position:
+            if requested_attention not in (None, "eager"):
+                raise ValueError(
+                    f"attn_implementation={requested_attention!r} cannot run use_relative_position=True: Shaw "
+                    "relative positions need the attention probabilities on the value side, which only the "
+                    "'eager' kernel computes. Use attn_implementation='eager', or use_relative_position=False."
+                )
+            return "eager"
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        if getattr(module, "is_residual_output", False):
+            # GPT-2's scaled init: each residual branch's output projection gets std / sqrt(2 * layers), so
+            # the residual stream's variance does not grow with depth.
+            std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
+            init.normal_(module.weight, mean=0.0, std=std)
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+        if isinstance(module, PostformerRotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq(module.config))
+        elif isinstance(module, PostformerSinusoidalEmbedding):
+            init.copy_(module.table, module.compute_table(module.config))
+
+
+class PostformerModel(PostformerPreTrainedModel):
+    """The decoder stack: embeddings (plus absolute positions), pre-norm layers, a final LayerNorm."""
+
+    def __init__(self, config: PostformerConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        position_type = config.position_embedding_type
+        self.rotary_emb = PostformerRotaryEmbedding(config) if position_type == "rope" else None
+        if position_type == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        elif position_type == "sinusoidal":
+            self.embed_positions = PostformerSinusoidalEmbedding(config)
+        else:
+            self.embed_positions = None
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList(
+            [PostformerDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+
+        seq_length = inputs_embeds.shape[1]
+        past_seen_tokens = cache.get_seq_length() if cache is not None else 0
+        if isinstance(past_seen_tokens, int) and past_seen_tokens + seq_length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence too long: {past_seen_tokens + seq_length} tokens ({past_seen_tokens} cached + "
+                f"{seq_length} new) exceed max_position_embeddings={self.config.max_position_embeddings}; "
+                "truncate the input or use a sliding window"
+            )
+        # Raw indices of the new tokens; positions seen by the model come from position_ids, which
+        # generate() shifts past left padding. Relative distances j - i use raw indices: padding sits to the
+        # left of every real token, so distances between real tokens are the same either way.
+        query_positions = torch.arange(seq_length, device=inputs_embeds.device) + past_seen_tokens
+        if position_ids is None:
+            position_ids = query_positions.unsqueeze(0)
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
+
+        hidden_states = inputs_embeds
+        if self.embed_positions is not None:
+            hidden_states = hidden_states + self.embed_positions(position_ids)
+        hidden_states = self.dropout(hidden_states)
+        position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
+
+        for decoder_layer in self.layers:
+            hidden_states = decoder_layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                cache=cache,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                query_positions=query_positions,
+                **kwargs,
+            )
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
+
+
+class PostformerForCausalLM(PostformerPreTrainedModel, GenerationMixin):
+    """Postformer with a language-model head tied to the token embedding; `labels` give the shifted loss."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: PostformerConfig):
+        super().__init__(config)
+        self.model = PostformerModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+        # A post ends at end-of-post or at the design's separator: generation stops at either.
+        if config.sep_token_id is not None and config.eos_token_id is not None:
+            self.generation_config.eos_token_id = [config.eos_token_id, config.sep_token_id]
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CausalLMOutputWithPast:
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class PostformerForSequenceClassification(PostformerPreTrainedModel):
+    """Postformer with a linear head on the last non-padding token, for posts analysis.
+
+    `config.problem_type` picks the loss as transformers' heads do: regression (MSE), single-label (cross-entropy)
+    or multi-label (BCE with logits); it is inferred from `num_labels` and the labels' dtype when unset.
+    """
+
+    def __init__(self, config: PostformerConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = PostformerModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SequenceClassifierOutputWithPast:
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.score(outputs.last_hidden_state)
+        batch_size = logits.shape[0]
+
+        # The last real token of each row: from the attention mask when given (left or right padding),
+        # else from the pad id, else the last position.
+        if attention_mask is not None and attention_mask.dim() == 2:
+            token_indices = torch.arange(attention_mask.shape[-1], device=logits.device)
+            last_token = (token_indices * attention_mask.to(logits.device, torch.long)).argmax(-1)
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            non_pad = (input_ids != self.config.pad_token_id).to(logits.device, torch.long)
+            last_token = (torch.arange(input_ids.shape[-1], device=logits.device) * non_pad).argmax(-1)
+        else:
+            last_token = torch.full((batch_size,), logits.shape[1] - 1, device=logits.device)
+        pooled_logits = logits[torch.arange(batch_size, device=logits.device), last_token]
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled_logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = [
+    "PostformerPreTrainedModel",
+    "PostformerModel",
+    "PostformerForCausalLM",
+    "PostformerForSequenceClassification",
+]

@@ -1,0 +1,68 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def tiny_config(**overrides):
+    """A 2-layer, hidden-32 Postformer: big enough to exercise every path, small enough for 2 CPU cores."""
+    from postformer import PostformerConfig
+
+    values = dict(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        max_relative_position=8,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        use_relative_position=False,
+    )
+    values.update(overrides)
+    return PostformerConfig(**values)
+
+
+@pytest.fixture
+def make_config():
+    return tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# Prepended to code run by `run_without_postformer`: any import of the package fails, as on a machine that
+# only has transformers and the files saved beside a model.
+_BLOCK_POSTFORMER = """
+import sys
+class _NoPostformer:
+    def find_spec(self, name, path=None, target=None):
+        if name == "postformer" or name.startswith("postformer."):
+            raise ImportError("postformer is blocked in this process")
+sys.meta_path.insert(0, _NoPostformer())
+try:
+    import postformer
+    raise SystemExit("postformer was importable")
+except ImportError:
+    pass
+"""
+
+
+def run_without_postformer(code: str, cwd, timeout: int = 300) -> str:
+    """Run `code` in a fresh Python process that cannot import `postformer`; return its stdout."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", HF_HOME=str(cwd) + "/hf_home")
+    result = subprocess.run(
+        [sys.executable, "-c", _BLOCK_POSTFORMER + code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"subprocess failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    return result.stdout

@@ -1,0 +1,443 @@
+"""The model family: presets, every position option, kernels, cache, padding, heads, save/load."""
+
+import pytest
+import torch
+from conftest import tiny_config
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    DynamicCache,
+    StaticCache,
+)
+
+from postformer import (
+    PostformerConfig,
+    PostformerForCausalLM,
+    PostformerForSequenceClassification,
+    PostformerModel,
+)
+from postformer.modeling.modeling_postformer import PostformerAttention, eager_attention_forward
+
+POSITION_OPTIONS = [
+    pytest.param(dict(position_embedding_type="rope"), id="rope"),
+    pytest.param(dict(position_embedding_type="sinusoidal"), id="sinusoidal"),
+    pytest.param(dict(position_embedding_type="learned"), id="learned"),
+    pytest.param(dict(position_embedding_type="none"), id="none"),
+    pytest.param(dict(position_embedding_type="none", use_relative_position=True), id="relative"),
+    pytest.param(dict(position_embedding_type="rope", use_relative_position=True), id="rope+relative"),
+    pytest.param(dict(num_key_value_heads=1), id="gqa-1kv"),
+    pytest.param(dict(num_key_value_heads=2, use_relative_position=True), id="gqa-2kv+relative"),
+]
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def random_ids(batch, length, vocab=96):
+    return torch.randint(4, vocab, (batch, length))  # ids 0-3 are pad/bos/eos/sep
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@pytest.mark.parametrize("preset,target", [("small", 1.2e6), ("medium", 4.8e6), ("large", 12.3e6)])
+def test_preset_parameter_counts_match_the_design_table(preset, target):
+    config = PostformerConfig.from_preset(preset)
+    assert config.vocab_size == 8192
+    count = n_params(PostformerForCausalLM(config))
+    assert abs(count - target) / target <= 0.10, f"{preset}: {count} parameters"
+
+
+def test_base_preset_is_the_design_default():
+    config = PostformerConfig.from_preset("base")
+    assert (config.vocab_size, config.hidden_size, config.intermediate_size) == (50000, 768, 3072)
+    assert (config.num_hidden_layers, config.num_attention_heads, config.max_position_embeddings) == (12, 12, 512)
+    assert (config.hidden_dropout, config.attention_dropout) == (0.1, 0.1)
+    assert config.position_embedding_type == "rope" and config.use_relative_position
+    assert config.max_relative_position == 64 and config.num_key_value_heads == 12
+
+
+def test_preset_overrides_and_unknown_preset():
+    assert PostformerConfig.from_preset("small", num_hidden_layers=3).num_hidden_layers == 3
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        PostformerConfig.from_preset("huge")
+
+
+def test_design_names_map_to_standard_names():
+    config = PostformerConfig(
+        vocab_size=100, d_model=64, d_ff=128, num_layers=3, num_heads=8, max_seq_length=128, dropout=0.2,
+        use_rope=False, use_flash_attention=True, use_group_query_attention=True, use_relative_position=False,
+    )
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (64, 128, 3)
+    assert (config.num_attention_heads, config.max_position_embeddings, config.hidden_dropout) == (8, 128, 0.2)
+    assert config.position_embedding_type == "sinusoidal"
+    assert config._attn_implementation == "sdpa"
+    assert config.num_key_value_heads == 2
+    assert PostformerConfig(vocab_size=100, use_rope=True).position_embedding_type == "rope"
+    assert PostformerConfig(vocab_size=100, use_flash_attention=False)._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(hidden_size=30, num_attention_heads=4), r"hidden_size \(30\) must be divisible by num_attention_heads \(4\)"),
+        (dict(num_attention_heads=4, num_key_value_heads=3), r"num_attention_heads \(4\) must be divisible by num_key_value_heads \(3\)"),
+        (dict(hidden_size=36, num_attention_heads=4), r"head dimension .* = 9 must be even with position_embedding_type='rope'"),
+        (dict(position_embedding_type="alibi"), r"position_embedding_type must be one of"),
+        (dict(hidden_size=0), r"hidden_size must be positive, got 0"),
+        (dict(num_hidden_layers=-1), r"num_hidden_layers must be positive"),
+        (dict(vocab_size=0), r"vocab_size must be positive"),
+        (dict(max_position_embeddings=0), r"max_position_embeddings must be positive"),
+        (dict(max_relative_position=0), r"max_relative_position must be positive"),
+        (dict(intermediate_size=64.5), r"intermediate_size must be an integer, got 64.5"),
+        (dict(num_attention_heads="4"), r"num_attention_heads must be an integer"),
+        (dict(hidden_dropout=1.0), r"hidden_dropout must be a number in \[0, 1\), got 1.0"),
+        (dict(attention_dropout=-0.1), r"attention_dropout must be a number in \[0, 1\)"),
+        (dict(layer_norm_eps=0), r"layer_norm_eps must be a positive number"),
+        (dict(hidden_act="swish2"), r"hidden_act must be one of"),
+        (dict(use_relative_position="yes"), r"use_relative_position must be True or False"),
+        (dict(pad_token_id=96), r"pad_token_id must be None or an id in \[0, vocab_size=96\)"),
+    ],
+)
+def test_invalid_config_raises_value_error_naming_field_and_rule(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = tiny_config(position_embedding_type="learned", num_key_value_heads=2, use_relative_position=True)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, PostformerConfig)
+    drop = lambda d: {k: v for k, v in d.items() if k != "_name_or_path"}
+    assert drop(loaded.to_dict()) == drop(config.to_dict())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Every position option and grouped-query attention learn
+
+
+@pytest.mark.parametrize("overrides", POSITION_OPTIONS)
+def test_every_position_option_overfits_a_tiny_batch(overrides):
+    model = PostformerForCausalLM(tiny_config(**overrides)).train()
+    ids = random_ids(4, 16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    first = None
+    for _ in range(200):
+        loss = model(ids, labels=ids).loss
+        first = first if first is not None else loss.item()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < 0.1 * first, f"loss {first:.3f} -> {loss.item():.3f}"
+
+
+def test_loss_is_shifted_cross_entropy():
+    model = PostformerForCausalLM(tiny_config()).eval()
+    ids = random_ids(2, 12)
+    out = model(ids, labels=ids)
+    by_hand = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 96), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, by_hand)
+    labels = ids.clone()
+    labels[:, :6] = -100  # ignored positions do not count
+    by_hand = torch.nn.functional.cross_entropy(out.logits[:, 5:-1].reshape(-1, 96), ids[:, 6:].reshape(-1))
+    torch.testing.assert_close(model(ids, labels=labels).loss, by_hand)
+
+
+def test_rotary_and_relative_positions_are_shift_invariant_absolute_ones_are_not():
+    ids = random_ids(1, 10)
+    shifted = torch.arange(10).unsqueeze(0) + 7
+    for overrides, invariant in [
+        (dict(position_embedding_type="rope"), True),
+        (dict(position_embedding_type="none", use_relative_position=True), True),
+        (dict(position_embedding_type="learned"), False),
+        (dict(position_embedding_type="sinusoidal"), False),
+    ]:
+        model = PostformerForCausalLM(tiny_config(**overrides)).eval()
+        same = torch.allclose(model(ids).logits, model(ids, position_ids=shifted).logits, atol=1e-5)
+        assert same == invariant, overrides
+
+
+def test_relative_attention_matches_shaw_formula_written_out():
+    config = tiny_config(use_relative_position=True, position_embedding_type="none", max_relative_position=3)
+    attention = PostformerAttention(config, layer_idx=0).eval()
+    torch.nn.init.normal_(attention.relative_positions.key_embeddings.weight)
+    torch.nn.init.normal_(attention.relative_positions.value_embeddings.weight)
+    q, k, v = (torch.randn(2, 4, 7, 8) for _ in range(3))
+    mask = torch.triu(torch.full((7, 7), float("-inf")), diagonal=1)[None, None]
+    out, probs = eager_attention_forward(attention, q, k, v, mask, scaling=8**-0.5, query_positions=torch.arange(7))
+
+    # Shaw et al. (2018), eq. 3-5, with a_ij = w_clip(j - i, R), element by element
+    a_k = attention.relative_positions.key_embeddings.weight
+    a_v = attention.relative_positions.value_embeddings.weight
+    index = (torch.arange(7)[None, :] - torch.arange(7)[:, None]).clamp(-3, 3) + 3
+    scores = (torch.einsum("bhid,bhjd->bhij", q, k) + torch.einsum("bhid,ijd->bhij", q, a_k[index])) * 8**-0.5
+    expected_probs = torch.softmax(scores + mask, dim=-1)
+    expected = torch.einsum("bhij,bhjd->bhid", expected_probs, v) + torch.einsum("bhij,ijd->bhid", expected_probs, a_v[index])
+    torch.testing.assert_close(probs, expected_probs)
+    torch.testing.assert_close(out, expected.transpose(1, 2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention kernels and masks
+
+
+@pytest.mark.parametrize("overrides", [p for p in POSITION_OPTIONS if "relative" not in p.id])
+def test_eager_and_sdpa_agree(overrides):
+    config = tiny_config(**overrides)
+    eager = PostformerForCausalLM._from_config(config, attn_implementation="eager").eval()
+    sdpa = PostformerForCausalLM._from_config(config, attn_implementation="sdpa").eval()
+    sdpa.load_state_dict(eager.state_dict())
+    ids = random_ids(3, 12)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding
+    mask[2, 9:] = 0  # right padding
+    for kwargs in (dict(), dict(attention_mask=mask)):
+        expected = eager(ids, **kwargs).logits
+        got = sdpa(ids, **kwargs).logits
+        keep = kwargs.get("attention_mask", mask.new_ones(mask.shape)).bool()
+        torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=1e-4)
+
+
+def test_relative_positions_refuse_fused_kernels_and_default_to_eager():
+    config = tiny_config(use_relative_position=True)
+    assert PostformerForCausalLM(config).config._attn_implementation == "eager"
+    for kernel in ("sdpa", "flex_attention"):
+        with pytest.raises(ValueError, match=f"attn_implementation='{kernel}' cannot run use_relative_position=True"):
+            PostformerForCausalLM._from_config(config, attn_implementation=kernel)
+
+
+def test_default_kernel_is_sdpa_without_relative_positions():
+    assert PostformerForCausalLM(tiny_config()).config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("overrides", POSITION_OPTIONS)
+def test_padding_does_not_change_real_tokens_outputs(overrides):
+    model = PostformerForCausalLM(tiny_config(**overrides)).eval()
+    ids = random_ids(1, 9)
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], dim=1)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    torch.testing.assert_close(
+        model(padded, attention_mask=mask, position_ids=position_ids).logits[:, 3:], model(ids).logits, atol=1e-5, rtol=1e-4
+    )
+
+
+def test_causality_future_tokens_do_not_change_past_outputs():
+    model = PostformerForCausalLM(tiny_config(use_relative_position=True)).eval()
+    ids = random_ids(1, 12)
+    changed = ids.clone()
+    changed[0, 8:] = 5
+    torch.testing.assert_close(model(ids).logits[:, :8], model(changed).logits[:, :8])
+
+
+def test_output_attentions_and_hidden_states():
+    model = PostformerForCausalLM._from_config(tiny_config(), attn_implementation="eager").eval()
+    out = model(random_ids(2, 10), output_attentions=True, output_hidden_states=True)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 10, 10)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 10))
+    assert torch.all(out.attentions[1].triu(diagonal=1) == 0)  # causal
+    assert len(out.hidden_states) == 3  # embeddings + one per layer (the last after the final norm)
+
+
+def test_dict_and_tuple_outputs_agree():
+    model = PostformerForCausalLM(tiny_config()).eval()
+    ids = random_ids(2, 8)
+    as_dict = model(ids, labels=ids)
+    as_tuple = model(ids, labels=ids, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+
+
+def test_logits_to_keep():
+    model = PostformerForCausalLM(tiny_config()).eval()
+    ids = random_ids(2, 8)
+    full = model(ids).logits
+    torch.testing.assert_close(model(ids, logits_to_keep=1).logits, full[:, -1:])
+    torch.testing.assert_close(model(ids, logits_to_keep=3).logits, full[:, -3:])
+
+
+def test_sequence_longer_than_context_is_a_clear_error():
+    model = PostformerForCausalLM(tiny_config(max_position_embeddings=16)).eval()
+    with pytest.raises(ValueError, match=r"sequence too long: 17 tokens .* max_position_embeddings=16"):
+        model(random_ids(1, 17))
+
+
+def test_input_ids_and_inputs_embeds_are_exclusive_and_equivalent():
+    model = PostformerForCausalLM(tiny_config()).eval()
+    ids = random_ids(1, 6)
+    torch.testing.assert_close(model(inputs_embeds=model.get_input_embeddings()(ids)).logits, model(ids).logits)
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        model(ids, inputs_embeds=model.get_input_embeddings()(ids))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cache and generation
+
+
+@pytest.mark.parametrize("overrides", POSITION_OPTIONS)
+def test_cached_and_uncached_generation_are_identical(overrides):
+    model = PostformerForCausalLM(tiny_config(**overrides)).eval()
+    prompt = random_ids(2, 5)
+    greedy = dict(max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+    cached = model.generate(prompt, **greedy)
+    assert cached.shape == (2, 15)
+    torch.testing.assert_close(model.generate(prompt, use_cache=False, **greedy), cached)
+    torch.testing.assert_close(model.generate(prompt, cache_implementation="static", **greedy), cached)
+
+
+@pytest.mark.parametrize("overrides", POSITION_OPTIONS)
+def test_left_padded_batch_generates_as_each_prompt_alone(overrides):
+    model = PostformerForCausalLM(tiny_config(**overrides)).eval()
+    long_prompt, short_prompt = random_ids(1, 8), random_ids(1, 4)
+    batch = torch.cat([long_prompt, torch.cat([torch.zeros(1, 4, dtype=torch.long), short_prompt], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, :4] = 0
+    greedy = dict(max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+    together = model.generate(batch, attention_mask=mask, **greedy)
+    torch.testing.assert_close(together[0:1], model.generate(long_prompt, **greedy))
+    torch.testing.assert_close(together[1:, 8:], model.generate(short_prompt, **greedy)[:, 4:])
+
+
+def test_cache_step_equals_full_forward():
+    model = PostformerForCausalLM(tiny_config(use_relative_position=True)).eval()
+    ids = random_ids(2, 10)
+    full = model(ids).logits
+    for cache in (DynamicCache(config=model.config), StaticCache(config=model.config, max_cache_len=16)):
+        first = model(ids[:, :6], cache=cache, use_cache=True)
+        second = model(ids[:, 6:], cache=first.cache, use_cache=True)
+        assert second.cache is cache and cache.get_seq_length() == 10
+        torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_generation_stops_at_end_of_post_or_separator():
+    config = tiny_config()
+    model = PostformerForCausalLM(config).eval()
+    assert model.generation_config.eos_token_id == [config.eos_token_id, config.sep_token_id]
+    with torch.no_grad():  # make the separator the only likely next token
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[config.sep_token_id] = 1.0
+        model.model.norm.bias.fill_(1.0)
+    out = model.generate(random_ids(1, 4), max_new_tokens=10, do_sample=False)
+    assert out.shape == (1, 5) and out[0, -1] == config.sep_token_id
+
+
+def test_sampling_top_k_top_p_and_beam_search_follow_the_seed():
+    model = PostformerForCausalLM(tiny_config()).eval()
+    prompt = random_ids(2, 4)
+    sample = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, max_new_tokens=8, eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(1)
+    first = model.generate(prompt, **sample)
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.generate(prompt, **sample), first)
+    beams = model.generate(prompt, num_beams=3, num_return_sequences=2, max_new_tokens=5, eos_token_id=None, pad_token_id=0)
+    assert beams.shape == (4, 9)
+    torch.testing.assert_close(beams[::2, :4], prompt)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Heads, tying, training utilities
+
+
+def test_lm_head_is_tied_and_stays_tied_after_resize():
+    model = PostformerForCausalLM(tiny_config())
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    model.resize_token_embeddings(120)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.config.vocab_size == 120 and model(random_ids(1, 5)).logits.shape[-1] == 120
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids = random_ids(2, 10)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = PostformerForCausalLM(tiny_config(use_relative_position=True)).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model(ids, labels=ids).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_torch_compile_forward_matches_eager():
+    model = PostformerForCausalLM(tiny_config()).eval()
+    ids = random_ids(2, 10)
+    compiled = torch.compile(model)
+    torch.testing.assert_close(compiled(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_initialisation_scales_residual_projections():
+    model = PostformerForCausalLM(tiny_config(hidden_size=64, intermediate_size=256, num_hidden_layers=8))
+    std = model.config.initializer_range
+    layer = model.model.layers[0]
+    assert abs(layer.mlp.up_proj.weight.std().item() - std) < 0.002
+    assert abs(layer.mlp.down_proj.weight.std().item() - std / 4) < 0.001  # std / sqrt(2 * 8)
+    assert torch.all(layer.self_attn.qkv_proj.bias == 0) and torch.all(layer.input_layernorm.weight == 1)
+
+
+@pytest.mark.parametrize(
+    "problem_type,labels",
+    [
+        ("single_label_classification", torch.tensor([0, 2, 1])),
+        ("multi_label_classification", torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0]])),
+        ("regression", torch.tensor([[0.5, 1.0, -1.0], [0.0, 0.1, 0.2], [1.0, 1.0, 1.0]])),
+    ],
+)
+def test_sequence_classification_pools_last_real_token(problem_type, labels):
+    model = PostformerForSequenceClassification(tiny_config(num_labels=3, problem_type=problem_type)).eval()
+    ids = random_ids(3, 8)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # right padding
+    mask[2, :3] = 0  # left padding
+    out = model(ids, attention_mask=mask, labels=labels)
+    assert out.logits.shape == (3, 3)
+    hidden = model.model(ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(out.logits, model.score(hidden[torch.arange(3), torch.tensor([7, 4, 7])]))
+    expected = {
+        "single_label_classification": lambda: torch.nn.functional.cross_entropy(out.logits, labels),
+        "multi_label_classification": lambda: torch.nn.functional.binary_cross_entropy_with_logits(out.logits, labels),
+        "regression": lambda: torch.nn.functional.mse_loss(out.logits, labels),
+    }[problem_type]()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_classifier_loads_from_a_language_model_checkpoint(tmp_path):
+    lm = PostformerForCausalLM(tiny_config())
+    lm.save_pretrained(tmp_path)
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=4)
+    assert isinstance(classifier, PostformerForSequenceClassification)
+    torch.testing.assert_close(classifier.model.embed_tokens.weight, lm.model.embed_tokens.weight)
+    torch.testing.assert_close(classifier.model.layers[1].mlp.up_proj.weight, lm.model.layers[1].mlp.up_proj.weight)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Save and load
+
+
+@pytest.mark.parametrize("overrides", [POSITION_OPTIONS[1], POSITION_OPTIONS[5], POSITION_OPTIONS[7]])
+def test_save_and_load_give_identical_logits(tmp_path, overrides):
+    model = PostformerForCausalLM(tiny_config(**overrides)).eval()
+    model.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"model.safetensors", "config.json", "configuration_postformer.py", "modeling_postformer.py"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, PostformerForCausalLM)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    ids = random_ids(2, 10)
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_auto_classes_are_registered(tmp_path):
+    config = tiny_config()
+    assert isinstance(AutoConfig.for_model("postformer", hidden_size=32, num_attention_heads=4), PostformerConfig)
+    assert isinstance(AutoModel.from_config(config), PostformerModel)
+    assert isinstance(AutoModelForCausalLM.from_config(config), PostformerForCausalLM)
+    assert isinstance(AutoModelForSequenceClassification.from_config(config), PostformerForSequenceClassification)
+    assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification"}
