@@ -1,0 +1,110 @@
+"""Posts corpora: the bundled sample and `load_posts`, which reads JSONL, CSV, plain text or a saved
+`datasets` folder into a `datasets.DatasetDict` with one "text" column and a validation split."""
+
+from pathlib import Path
+
+import datasets
+
+BUNDLED_POSTS = Path(__file__).resolve().parent / "posts"
+
+_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".txt": "text", ".text": "text"}
+_SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
+
+
+def _format_of(path: Path) -> str:
+    return _FORMATS.get(path.suffix.lower(), "text")
+
+
+def _load_files(files: dict[str, Path]) -> datasets.DatasetDict:
+    """Load data files of one format, one per split."""
+    formats = {_format_of(p) for p in files.values()}
+    if len(formats) > 1:
+        raise ValueError(f"data files mix formats {sorted(formats)}: {sorted(map(str, files.values()))}")
+    builder = formats.pop()
+    kwargs = {}
+    if builder == "csv" and all(p.suffix.lower() == ".tsv" for p in files.values()):
+        kwargs["sep"] = "\t"
+    if builder == "text":
+        # One post per line, or posts separated by blank lines when the file has any.
+        blank_lines = any("\n\n" in p.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n") for p in files.values())
+        kwargs["sample_by"] = "paragraph" if blank_lines else "line"
+    data_files = {split: str(path) for split, path in files.items()}
+    return datasets.load_dataset(builder, data_files=data_files, **kwargs)
+
+
+def _split_files(folder: Path) -> dict[str, Path]:
+    files = {}
+    for path in sorted(folder.iterdir()):
+        split = _SPLIT_NAMES.get(path.stem.lower())
+        if path.is_file() and split and path.suffix.lower() in _FORMATS:
+            files[split] = path
+    return files
+
+
+def load_posts(
+    data: str | Path | None = None,
+    text_field: str = "text",
+    validation_fraction: float = 0.05,
+    seed: int = 0,
+) -> datasets.DatasetDict:
+    """Read posts into a DatasetDict with splits "train", "validation" (and "test" when the data has one).
+
+    `data` is a .jsonl/.json/.csv/.tsv/.txt file, a folder of such files named train/validation/test, or a
+    folder written by `datasets`' `save_to_disk`; None reads the bundled sample. `text_field` names the column
+    holding the post (plain text files have only "text"). Empty posts are dropped. When the data has no
+    validation split, a deterministic `validation_fraction` of train (shuffled with `seed`) becomes one.
+    """
+    path = BUNDLED_POSTS if data is None else Path(data)
+    if not path.exists():
+        raise FileNotFoundError(f"posts data not found: {path}")
+
+    if path.is_dir() and any((path / name).exists() for name in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.Dataset):
+            loaded = datasets.DatasetDict(train=loaded)
+    elif path.is_dir():
+        files = _split_files(path)
+        if not files:
+            raise FileNotFoundError(
+                f"no posts files in folder {path}: expected train/validation/test files ending in "
+                f"{', '.join(sorted(_FORMATS))}, or a folder written by datasets' save_to_disk"
+            )
+        loaded = _load_files(files)
+    else:
+        if path.stat().st_size == 0:
+            raise ValueError(f"no posts in {path}: the file is empty")
+        loaded = _load_files({"train": path})
+
+    if "train" not in loaded:
+        raise ValueError(f"no train split in {path}: found splits {sorted(loaded)}")
+    posts = datasets.DatasetDict()
+    field = "text" if _is_plain_text(path) else text_field
+    for split, dataset in loaded.items():
+        if field not in dataset.column_names:
+            raise ValueError(
+                f"text field {text_field!r} not found in {path} ({split} split); its columns are {dataset.column_names}"
+            )
+        dataset = dataset.select_columns([field])
+        if field != "text":
+            dataset = dataset.rename_column(field, "text")
+        dataset = dataset.filter(lambda text: isinstance(text, str) and text.strip() != "", input_columns="text")
+        posts[_SPLIT_NAMES.get(split, split)] = dataset
+    if len(posts["train"]) == 0:
+        raise ValueError(f"no posts in {path}: every post of the train split is empty")
+
+    if "validation" not in posts:
+        if len(posts["train"]) < 2:
+            raise ValueError(f"too few posts in {path} to hold out a validation split: {len(posts['train'])}")
+        split = posts["train"].train_test_split(test_size=validation_fraction, seed=seed)
+        posts["train"], posts["validation"] = split["train"], split["test"]
+    return posts
+
+
+def _is_plain_text(path: Path) -> bool:
+    if path.is_file():
+        return _format_of(path) == "text"
+    files = _split_files(path) if path.is_dir() else {}
+    return bool(files) and all(_format_of(p) == "text" for p in files.values())
+
+
+__all__ = ["BUNDLED_POSTS", "load_posts"]
