@@ -3,6 +3,9 @@ import os
 import pytest
 import torch
 
+# Tiny test models gain nothing from threads, and on 2 shared cores threads contend.
+torch.set_num_threads(1)
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -60,7 +63,8 @@ def run_without_postformer(code: str, cwd, timeout: int = 300) -> str:
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", HF_HOME=str(cwd) + "/hf_home")
+    # One thread, as in this process: exact comparisons of logits need the same reduction order.
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", HF_HOME=str(cwd) + "/hf_home", OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, "-c", _BLOCK_POSTFORMER + code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -8,6 +8,7 @@ import datasets
 BUNDLED_POSTS = Path(__file__).resolve().parent / "posts"
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".txt": "text", ".text": "text"}
+STREAMING_VALIDATION_POSTS = 200
 _SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
 
 
@@ -15,7 +16,7 @@ def _format_of(path: Path) -> str:
     return _FORMATS.get(path.suffix.lower(), "text")
 
 
-def _load_files(files: dict[str, Path]) -> datasets.DatasetDict:
+def _load_files(files: dict[str, Path], streaming: bool = False):
     """Load data files of one format, one per split."""
     formats = {_format_of(p) for p in files.values()}
     if len(formats) > 1:
@@ -29,7 +30,7 @@ def _load_files(files: dict[str, Path]) -> datasets.DatasetDict:
         blank_lines = any("\n\n" in p.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n") for p in files.values())
         kwargs["sample_by"] = "paragraph" if blank_lines else "line"
     data_files = {split: str(path) for split, path in files.items()}
-    return datasets.load_dataset(builder, data_files=data_files, **kwargs)
+    return datasets.load_dataset(builder, data_files=data_files, streaming=streaming, **kwargs)
 
 
 def _split_files(folder: Path) -> dict[str, Path]:
@@ -46,6 +47,7 @@ def load_posts(
     text_field: str = "text",
     validation_fraction: float = 0.05,
     seed: int = 0,
+    streaming: bool = False,
 ) -> datasets.DatasetDict:
     """Read posts into a DatasetDict with splits "train", "validation" (and "test" when the data has one).
 
@@ -53,6 +55,10 @@ def load_posts(
     folder written by `datasets`' `save_to_disk`; None reads the bundled sample. `text_field` names the column
     holding the post (plain text files have only "text"). Empty posts are dropped. When the data has no
     validation split, a deterministic `validation_fraction` of train (shuffled with `seed`) becomes one.
+
+    streaming=True, for corpora that do not fit in memory: the train split is a `datasets.IterableDataset` read
+    as it is consumed; the validation split is held in memory (without one in the data, the first
+    STREAMING_VALIDATION_POSTS posts of train become it and are skipped from train).
     """
     path = BUNDLED_POSTS if data is None else Path(data)
     if not path.exists():
@@ -62,6 +68,8 @@ def load_posts(
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.Dataset):
             loaded = datasets.DatasetDict(train=loaded)
+        if streaming:
+            loaded = datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in loaded.items()})
     elif path.is_dir():
         files = _split_files(path)
         if not files:
@@ -69,30 +77,36 @@ def load_posts(
                 f"no posts files in folder {path}: expected train/validation/test files ending in "
                 f"{', '.join(sorted(_FORMATS))}, or a folder written by datasets' save_to_disk"
             )
-        loaded = _load_files(files)
+        loaded = _load_files(files, streaming)
     else:
         if path.stat().st_size == 0:
             raise ValueError(f"no posts in {path}: the file is empty")
-        loaded = _load_files({"train": path})
+        loaded = _load_files({"train": path}, streaming)
 
     if "train" not in loaded:
         raise ValueError(f"no train split in {path}: found splits {sorted(loaded)}")
-    posts = datasets.DatasetDict()
+    posts = datasets.IterableDatasetDict() if streaming else datasets.DatasetDict()
     field = "text" if _is_plain_text(path) else text_field
     for split, dataset in loaded.items():
-        if field not in dataset.column_names:
-            raise ValueError(
-                f"text field {text_field!r} not found in {path} ({split} split); its columns are {dataset.column_names}"
-            )
+        columns = dataset.column_names
+        if columns is None:  # a streamed file: its columns are those of its first record
+            columns = list(next(iter(dataset), {}).keys())
+        if field not in columns:
+            raise ValueError(f"text field {text_field!r} not found in {path} ({split} split); its columns are {columns}")
         dataset = dataset.select_columns([field])
         if field != "text":
             dataset = dataset.rename_column(field, "text")
         dataset = dataset.filter(lambda text: isinstance(text, str) and text.strip() != "", input_columns="text")
         posts[_SPLIT_NAMES.get(split, split)] = dataset
-    if len(posts["train"]) == 0:
+    if next(iter(posts["train"]), None) is None:
         raise ValueError(f"no posts in {path}: every post of the train split is empty")
 
-    if "validation" not in posts:
+    if streaming:
+        if "validation" not in posts:
+            posts["validation"] = posts["train"].take(STREAMING_VALIDATION_POSTS)
+            posts["train"] = posts["train"].skip(STREAMING_VALIDATION_POSTS)
+        posts["validation"] = datasets.Dataset.from_list(list(posts["validation"]))
+    elif "validation" not in posts:
         if len(posts["train"]) < 2:
             raise ValueError(f"too few posts in {path} to hold out a validation split: {len(posts['train'])}")
         split = posts["train"].train_test_split(test_size=validation_fraction, seed=seed)

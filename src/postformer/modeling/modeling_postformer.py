@@ -411,9 +411,11 @@ class PostformerForCausalLM(PostformerPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-        # A post ends at end-of-post or at the design's separator: generation stops at either.
+        # A post ends at end-of-post or at the design's separator: generation stops at either. Padding and
+        # beginning-of-post are never a continuation.
         if config.sep_token_id is not None and config.eos_token_id is not None:
             self.generation_config.eos_token_id = [config.eos_token_id, config.sep_token_id]
+        self.generation_config.suppress_tokens = [i for i in (config.pad_token_id, config.bos_token_id) if i is not None]
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple

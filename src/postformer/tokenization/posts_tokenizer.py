@@ -15,7 +15,8 @@ PAD, BOS, EOS, SEP = "<pad>", "<s>", "</s>", "<sep>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, SEP]  # ids 0-3, the defaults of PostformerConfig
 URL_TOKEN, MENTION_TOKEN = "<url>", "<user>"
 
-URL_PATTERN = r"(?:https?://|www\.)\S+"
+# A URL does not end in sentence punctuation: "(see https://x.org/a)." keeps its ")." outside.
+URL_PATTERN = r"(?:https?://|www\.)\S*[^\s.,;:!?'\")\]}>]"
 HASHTAG_OR_MENTION_PATTERN = r"[#@][\p{L}\p{N}_]+"
 _EMOJI_PART = r"(?:\p{Extended_Pictographic}|\p{Regional_Indicator}{2}|[0-9#*]\x{FE0F}?\x{20E3})"
 _EMOJI_TAIL = r"[\x{FE0F}\x{20E3}\x{1F3FB}-\x{1F3FF}\x{E0020}-\x{E007F}]*"
@@ -54,7 +55,7 @@ def build_tokenizer(normalize: bool = False, posts_pre_tokenizer: bool = True) -
         tokenizer.normalizer = normalizers.Sequence(
             [
                 normalizers.Replace(Regex(URL_PATTERN), URL_TOKEN),
-                normalizers.Replace(Regex(r"@[\p{L}\p{N}_]+"), MENTION_TOKEN),
+                normalizers.Replace(Regex(r"(?<![\p{L}\p{N}_])@[\p{L}\p{N}_]+"), MENTION_TOKEN),  # not e-mails
             ]
         )
     if posts_pre_tokenizer:

@@ -8,7 +8,10 @@ number of tokens one entity takes.
 import re
 import statistics
 
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
+
+from .posts_tokenizer import URL_PATTERN
 
 _EMOJI_CHAR = "[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\u2300-\u23FF]"
 _EMOJI_TAIL = "[\uFE0F\u20E3\U0001F3FB-\U0001F3FF\U000E0020-\U000E007F]*"
@@ -16,9 +19,9 @@ ENTITY_PATTERNS = {
     "emoji": re.compile(
         f"(?:{_EMOJI_CHAR}{_EMOJI_TAIL}|[0-9#*]\uFE0F?\u20E3)(?:\u200D{_EMOJI_CHAR}{_EMOJI_TAIL})*"
     ),
-    "url": re.compile(r"(?:https?://|www\.)\S+"),
-    "hashtag": re.compile(r"#\w+"),
-    "mention": re.compile(r"@\w+"),
+    "url": re.compile(URL_PATTERN),
+    "hashtag": re.compile(r"(?<![\w/])#\w+"),
+    "mention": re.compile(r"(?<!\w)@\w+"),
 }
 
 
@@ -27,7 +30,10 @@ def fertility_report(tokenizer: PreTrainedTokenizerFast, texts: list[str], batch
     texts = [t for t in texts if t]
     if not texts:
         raise ValueError("no posts to measure the tokenizer on")
-    backend = tokenizer.backend_tokenizer
+    # A copy without the padding/truncation that earlier batch calls may have left switched on.
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.no_truncation()
     n_tokens, entity_tokens = [], {kind: [] for kind in ENTITY_PATTERNS}
     intact = {kind: [] for kind in ENTITY_PATTERNS}
     for start in range(0, len(texts), batch_size):

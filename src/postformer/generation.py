@@ -1,0 +1,272 @@
+"""Text generation from a trained model folder: load it, continue prompts, optionally stream to the terminal.
+
+A model folder holds what `save_pretrained` of a `PostformerForCausalLM` and of its tokenizer write, side by
+side: config.json, model.safetensors and the tokenizer files. Importing this package registers the model with
+transformers' Auto classes, so no `trust_remote_code` is needed here.
+
+Prompts are encoded as the tokenizer encodes a post: "<s>" then the text, with no end-of-post, so that the
+model continues it. An empty prompt is just "<s>": the model starts a new post. Generation stops at
+end-of-post ("</s>") or at the separator ("<sep>"), the model's `generation_config.eos_token_id`.
+"""
+
+import json
+import math
+import numbers
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, set_seed
+
+from . import modeling  # noqa: F401  (registers the Auto classes)
+
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_model_dir(model_dir) -> Path:
+    """Raise FileNotFoundError (or NotADirectoryError / ValueError) unless `model_dir` holds a causal LM and
+    its tokenizer; the message names the folder and what is missing."""
+    path = Path(model_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"model folder {str(path)!r} is not a folder")
+    missing = []
+    if not (path / "config.json").is_file():
+        missing.append("config.json")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        missing.append("model weights (" + " or ".join(WEIGHT_FILES[::2]) + ")")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        missing.append("tokenizer files (" + " or ".join(TOKENIZER_FILES) + ")")
+    if missing:
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a model folder: missing {', '.join(missing)}. Expected what save_pretrained "
+            "of a PostformerForCausalLM and of its tokenizer write to the same folder"
+        )
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{str(path / 'config.json')!r} is not a readable JSON config: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path / 'config.json')!r} is not a model config (not a JSON object)")
+    architectures = config.get("architectures") or []
+    if architectures and not any("CausalLM" in name or "LMHead" in name for name in architectures):
+        raise ValueError(
+            f"the model in {str(path)!r} is a {', '.join(architectures)}, not a language model: it has no "
+            "language-model head to generate text with"
+        )
+    return path
+
+
+def load_model_and_tokenizer(model_dir, dtype=None):
+    """The language model (in eval mode) and tokenizer saved together in `model_dir`.
+
+    dtype: None for the saved dtype, or a torch dtype / its name ("float32", "bfloat16", ...).
+    """
+    path = check_model_dir(model_dir)
+    kwargs = {}
+    if dtype is not None:
+        if isinstance(dtype, str) and dtype != "auto":
+            resolved = getattr(torch, dtype, None)
+            if not isinstance(resolved, torch.dtype):
+                raise ValueError(f"dtype: unknown torch dtype {dtype!r}")
+            dtype = resolved
+        kwargs["dtype"] = dtype
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.eval()
+    return model, tokenizer
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_arguments(prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_return_sequences,
+                     seed, do_sample, batch_size):
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+    if len(prompts) == 0:
+        raise ValueError("prompts is empty: give at least one prompt (an empty string starts a new post)")
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt {index} must be a string, got {type(prompt).__name__}")
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if not _is_number(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r} (use greedy decoding instead of 0)")
+    if not _is_int(top_k) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 turns it off), got {top_k!r}")
+    if not _is_number(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    if not _is_number(repetition_penalty) or repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be a number > 0 (1.0 turns it off), got {repetition_penalty!r}")
+    if not _is_int(num_return_sequences) or num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be an integer >= 1, got {num_return_sequences!r}")
+    if not do_sample and num_return_sequences > 1:
+        raise ValueError(
+            f"num_return_sequences={num_return_sequences} needs sampling: greedy decoding gives one continuation "
+            "per prompt"
+        )
+    if seed is not None and not _is_int(seed):
+        raise ValueError(f"seed must be an integer or None, got {seed!r}")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
+def _stop_token_ids(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = [tokenizer.eos_token_id, tokenizer.sep_token_id]
+    ids = [eos] if _is_int(eos) else list(eos)
+    return [int(i) for i in ids if i is not None]
+
+
+def generate_token_ids(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 60,
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 0.95,
+    repetition_penalty: float = 1.0,
+    num_return_sequences: int = 1,
+    seed: int | None = None,
+    do_sample: bool = True,
+    streamer=None,
+    batch_size: int = 8,
+) -> list[list[list[int]]]:
+    """What `generate_posts` generates, as token ids: per prompt, per sequence, the new tokens up to and
+    including the stop token (end-of-post or separator) when one was generated, without padding."""
+    _check_arguments(prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_return_sequences,
+                     seed, do_sample, batch_size)
+    if streamer is not None and (len(prompts) != 1 or num_return_sequences != 1):
+        raise ValueError(
+            f"streaming needs one prompt and one sequence, got {len(prompts)} prompt(s) and "
+            f"num_return_sequences={num_return_sequences}; print the results after generation instead"
+        )
+    if streamer is True:
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    elif streamer is False:
+        streamer = None
+
+    encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    limit = model.config.max_position_embeddings
+    for index, ids in enumerate(encoded):
+        if len(ids) + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt {index} is too long: {len(ids)} tokens + max_new_tokens={max_new_tokens} = "
+                f"{len(ids) + max_new_tokens} exceeds the model's limit of {limit} positions "
+                "(max_position_embeddings); shorten the prompt or lower max_new_tokens"
+            )
+
+    stop_ids = _stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = model.generation_config.pad_token_id
+    if pad_id is None:
+        pad_id = stop_ids[0]
+    options = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        num_return_sequences=num_return_sequences,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+    )
+    if do_sample:
+        options.update(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+    if repetition_penalty != 1.0:
+        options["repetition_penalty"] = float(repetition_penalty)
+    if streamer is not None:
+        options["streamer"] = streamer
+
+    if seed is not None:
+        set_seed(int(seed))
+    device = model.device
+    results = []
+    for start in range(0, len(prompts), batch_size):
+        batch = [{"input_ids": ids} for ids in encoded[start : start + batch_size]]
+        inputs = tokenizer.pad(batch, padding=True, padding_side="left", return_tensors="pt")
+        input_ids = inputs["input_ids"].to(device)
+        attention_mask = inputs["attention_mask"].to(device)
+        with torch.no_grad():
+            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
+        new_tokens = output[:, input_ids.shape[1] :].tolist()
+        for row in range(len(batch)):
+            sequences = []
+            for ids in new_tokens[row * num_return_sequences : (row + 1) * num_return_sequences]:
+                kept = []
+                for token in ids:
+                    kept.append(token)
+                    if token in stop_ids:
+                        break
+                sequences.append(kept)
+            results.append(sequences)
+    return results
+
+
+def generate_posts(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 60,
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 0.95,
+    repetition_penalty: float = 1.0,
+    num_return_sequences: int = 1,
+    seed: int | None = None,
+    do_sample: bool = True,
+    streamer=None,
+    batch_size: int = 8,
+) -> list[list[str]]:
+    """Continue each prompt; per prompt, its `num_return_sequences` continuations (text without the prompt,
+    special tokens skipped).
+
+    do_sample=False is greedy decoding (temperature, top_k and top_p are then unused). The same `seed` gives
+    the same text. `streamer`: None, True (print the continuation to the terminal as it is generated, with a
+    `transformers.TextStreamer`) or a transformers streamer; streaming needs one prompt and one sequence.
+    Prompts are left-padded into batches of `batch_size`. Raises ValueError for out-of-range values and for a
+    prompt whose tokens plus `max_new_tokens` do not fit the model's `max_position_embeddings`.
+    """
+    token_ids = generate_token_ids(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        num_return_sequences=num_return_sequences,
+        seed=seed,
+        do_sample=do_sample,
+        streamer=streamer,
+        batch_size=batch_size,
+    )
+    return [
+        [tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) for ids in sequences]
+        for sequences in token_ids
+    ]
+
+
+def format_generations(prompts: list[str], generations: list[list[str]]) -> str:
+    """Each prompt and its continuations, readably: the prompt, then each full post (prompt + continuation)."""
+    lines = []
+    for index, (prompt, continuations) in enumerate(zip(prompts, generations), start=1):
+        lines.append(f"prompt {index}: {prompt!r}")
+        for number, continuation in enumerate(continuations, start=1):
+            post = (prompt + continuation).replace("\n", "\n      ")
+            lines.append(f"  [{number}] {post}")
+    return "\n".join(lines)
+
+
+__all__ = ["check_model_dir", "load_model_and_tokenizer", "generate_token_ids", "generate_posts", "format_generations"]

@@ -1,0 +1,130 @@
+"""`PostformerTrainer`: transformers' Trainer (on Accelerate) plus what posts language models need.
+
+- evaluation reports perplexity and bits per character next to the loss;
+- training logs report tokens/second and model-FLOP utilisation against the machine's measured matmul peak;
+- a non-finite loss stops training with a clear error, before anything is saved from the bad step;
+- weight decay applies to matrices only (not to norms, biases or embeddings).
+Sample generations at each evaluation come from `SampleGenerationCallback`.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def measure_matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 5) -> float:
+    """Best observed FLOP/s of a square matmul on the default device: the yardstick for MFU."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # A private generator: drawing from the global one would change dropout masks, so a resumed run (which
+    # measures at a different step) would no longer reproduce an uninterrupted one.
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first run warms up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def flops_per_token(model: nn.Module, sequence_length: int) -> float:
+    """Training FLOPs per token (forward + backward): 6 per parameter (tied embeddings count once, for the LM
+    head's matmul) plus attention's 12 * layers * hidden * sequence length (PaLM, appendix B)."""
+    config = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    return 6 * n_params + 12 * config.num_hidden_layers * config.hidden_size * sequence_length
+
+
+class PostformerTrainer(Trainer):
+    """A `transformers.Trainer` for Postformer language models.
+
+    tokens_per_character: tokens per character of the evaluation text (see `training.data.tokens_per_character`),
+    to report bits per character. peak_flops: the matmul FLOP/s that MFU is measured against (measured at the
+    first log when None).
+    """
+
+    def __init__(self, *args, tokens_per_character: float | None = None, peak_flops: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokens_per_character = tokens_per_character
+        self.peak_flops = peak_flops
+        self._last_log = None  # (time, tokens seen) at the previous training log
+        self._sequence_length = None
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        return [
+            name
+            for name, param in model.named_parameters()
+            if param.ndim >= 2 and id(param) not in embeddings
+        ]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._sequence_length = inputs["input_ids"].shape[-1]
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}: training stopped "
+                f"and nothing from this step was saved; the last good checkpoint in {self.args.output_dir} is "
+                "kept. Lower the learning rate, clip harder, or use fp32."
+            )
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "eval_loss" in logs:
+            logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 700.0))
+            if self.tokens_per_character is not None:
+                logs["eval_bits_per_character"] = logs["eval_loss"] / math.log(2) * self.tokens_per_character
+        if "loss" in logs:
+            now, seen = time.perf_counter(), self.state.num_input_tokens_seen
+            if self._last_log is not None and now > self._last_log[0]:
+                tokens_per_second = (seen - self._last_log[1]) / (now - self._last_log[0])
+                logs["tokens_per_second"] = tokens_per_second
+                if self.peak_flops is None:
+                    dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
+                    self.peak_flops = measure_matmul_peak(dtype)
+                    now = time.perf_counter()  # do not count the measurement as training time
+                flops = flops_per_token(self.model, self._sequence_length)
+                logs["mfu"] = tokens_per_second * flops / self.peak_flops
+            self._last_log = (now, seen)
+        super().log(logs, start_time)
+
+
+class SampleGenerationCallback(TrainerCallback):
+    """At each evaluation, continue a few fixed post prompts greedily (no RNG is drawn, so sampling here never
+    changes the course of training) and append them to `samples.jsonl` in the output folder."""
+
+    def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int = 30):
+        self.tokenizer = tokenizer
+        self.prompts = list(prompts)
+        self.max_new_tokens = max_new_tokens
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if not self.prompts or not state.is_world_process_zero or model is None:
+            return
+        was_training = model.training
+        model.eval()
+        batch = self.tokenizer(self.prompts, return_tensors="pt", padding=True).to(model.device)
+        with torch.no_grad():
+            out = model.generate(
+                **batch, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+            )
+        texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        with open(Path(args.output_dir) / "samples.jsonl", "a", encoding="utf-8") as f:
+            for prompt, text in zip(self.prompts, texts):
+                f.write(json.dumps({"step": state.global_step, "prompt": prompt, "text": text}, ensure_ascii=False) + "\n")
+                print(f"[step {state.global_step}] {prompt}{text}")
+        model.train(was_training)

@@ -1,0 +1,255 @@
+"""Training: a tiny run learns and writes a Hub-ready folder; metrics by hand; resume is exact; bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_without_postformer, tiny_config
+from safetensors.torch import load_file
+
+from postformer import PostformerForCausalLM
+from postformer.cli import main as cli
+from postformer.data import load_posts
+from postformer.tokenization import config_token_ids, train_tokenizer
+from postformer.training import (
+    NonFiniteLossError,
+    PostformerTrainer,
+    TrainingConfig,
+    pack_posts,
+    tokens_per_character,
+    train,
+)
+from postformer.training.trainer import flops_per_token
+
+TINY = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=300,
+    block_size=32, batch_size=8, learning_rate=3e-3, warmup_steps=0, max_eval_posts=40, logging_steps=5,
+    disable_progress_bar=True, hidden_dropout=0.0, attention_dropout=0.0,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(load_posts()["train"]["text"], vocab_size=300, show_progress=False, model_max_length=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("run") / "tiny"
+    config = TrainingConfig(output_dir=str(output), max_steps=60, eval_steps=20, save_steps=20, sample_prompts=["Breaking news:"], **TINY)
+    return output, train(config)
+
+
+def test_tiny_run_validation_loss_falls(tiny_run):
+    output, metrics = tiny_run
+    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+    evals = [e["eval_loss"] for e in history if "eval_loss" in e]
+    assert len(evals) == 4  # steps 20, 40, 60, and the final evaluation
+    assert evals[0] > evals[1] > evals[2] and evals[-1] < math.log(300) - 1.0, evals
+    assert metrics["eval_loss"] == pytest.approx(evals[-1])
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
+    logs = [e for e in history if "tokens_per_second" in e]
+    assert logs and all(e["tokens_per_second"] > 0 and 0 < e["mfu"] < 1 for e in logs)
+
+
+def test_tiny_run_writes_a_hub_ready_folder(tiny_run):
+    output, _ = tiny_run
+    for name in ("model.safetensors", "config.json", "modeling_postformer.py", "configuration_postformer.py",
+                 "tokenizer.json", "tokenizer_config.json", "generation_config.json", "metrics.json",
+                 "training_config.json", "samples.jsonl"):
+        assert (output / name).is_file(), name
+    assert (output / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((output / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_postformer.PostformerForCausalLM"
+    assert (config["vocab_size"], config["pad_token_id"], config["eos_token_id"], config["sep_token_id"]) == (300, 0, 2, 3)
+    assert json.loads((output / "generation_config.json").read_text())["eos_token_id"] == [2, 3]
+    samples = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} >= {20, 40, 60} and all(s["prompt"] == "Breaking news:" for s in samples)
+
+
+def test_saved_folder_loads_in_a_clean_process(tiny_run):
+    output, _ = tiny_run
+    out = run_without_postformer(
+        f"""
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained({str(output)!r}, trust_remote_code=True).eval()
+tokenizer = AutoTokenizer.from_pretrained({str(output)!r})
+batch = tokenizer(["Breaking news:", "We are"], return_tensors="pt", padding=True)
+out = model.generate(**batch, max_new_tokens=5, do_sample=False)
+assert out.shape[0] == 2
+ids = tokenizer("a post about the news", return_tensors="pt")["input_ids"]
+loss = model(ids, labels=ids).loss.item()
+print("LOSS", loss)
+""",
+        cwd=output.parent,
+    )
+    assert float(out.split("LOSS")[1]) < math.log(300)
+
+
+def test_weight_decay_skips_norms_biases_and_embeddings(tokenizer, tmp_path):
+    model = PostformerForCausalLM(tiny_config(**config_token_ids(tokenizer), position_embedding_type="learned"))
+    from transformers import TrainingArguments
+
+    trainer = PostformerTrainer(model=model, args=TrainingArguments(str(tmp_path), report_to="none"))
+    decayed = set(trainer.get_decay_parameter_names(model))
+    assert "model.layers.0.self_attn.qkv_proj.weight" in decayed and "model.layers.1.mlp.down_proj.weight" in decayed
+    assert not any("bias" in n or "norm" in n or "embed" in n for n in decayed)
+    optimizer = trainer.create_optimizer()
+    groups = {g["weight_decay"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
+    assert id(model.model.embed_tokens.weight) in groups[0.0]
+    assert optimizer.defaults["betas"] == (0.9, 0.999) and optimizer.defaults["eps"] == 1e-8
+
+
+def test_perplexity_and_bits_per_character_match_a_hand_computation(tokenizer, tmp_path):
+    from transformers import DataCollatorForLanguageModeling, TrainingArguments
+
+    posts = load_posts()["validation"].select(range(30))
+    blocks = pack_posts(posts, tokenizer, block_size=32)
+    blocks = blocks.select(range(len(blocks) // 4 * 4))  # whole eval batches of 4
+    model = PostformerForCausalLM(tiny_config(**config_token_ids(tokenizer))).eval()
+    tpc = tokens_per_character(posts, tokenizer)
+    trainer = PostformerTrainer(
+        model=model,
+        args=TrainingArguments(str(tmp_path), per_device_eval_batch_size=4, report_to="none"),
+        eval_dataset=blocks,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        tokens_per_character=tpc,
+    )
+    metrics = trainer.evaluate()
+
+    ids = torch.tensor(blocks["input_ids"])
+    with torch.no_grad():
+        logits = model(ids).logits
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    texts = posts["text"]
+    by_hand_tpc = sum(len(tokenizer(t)["input_ids"]) + 1 for t in texts) / sum(len(t) + 1 for t in texts)
+    assert tpc == pytest.approx(by_hand_tpc)
+    assert metrics["eval_loss"] == pytest.approx(nll.item(), rel=1e-5)
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(nll.item()), rel=1e-5)
+    assert metrics["eval_bits_per_character"] == pytest.approx(nll.item() / math.log(2) * by_hand_tpc, rel=1e-5)
+
+
+def test_packing_separates_posts_with_end_of_post(tokenizer):
+    posts = load_posts()["validation"].select(range(20))
+    blocks = pack_posts(posts, tokenizer, block_size=16)
+    stream = [i for block in blocks["input_ids"] for i in block]
+    expected = [i for t in posts["text"] for i in tokenizer(t)["input_ids"] + [tokenizer.eos_token_id]]
+    assert all(len(b) == 16 for b in blocks["input_ids"])
+    assert stream == expected[: len(stream)] and len(expected) - len(stream) < 16
+    assert stream.count(tokenizer.bos_token_id) == stream.count(tokenizer.eos_token_id) + (stream[-1] != 2)
+
+
+def test_flops_per_token_formula(tokenizer):
+    model = PostformerForCausalLM(tiny_config(**config_token_ids(tokenizer)))
+    n = sum(p.numel() for p in model.parameters())
+    assert flops_per_token(model, 32) == 6 * n + 12 * 2 * 32 * 32
+
+
+def test_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path, monkeypatch):
+    common = dict(max_steps=30, eval_steps=10, save_steps=10, logging_steps=1, sample_prompts=[], hidden_dropout=0.1)
+    reference = TrainingConfig(output_dir=str(tmp_path / "reference"), **{**TINY, **common})
+    train(reference)
+
+    original_step = PostformerTrainer.training_step
+
+    def killed_at_step_25(self, *args, **kwargs):
+        if self.state.global_step == 25:
+            raise KeyboardInterrupt("simulated kill")
+        return original_step(self, *args, **kwargs)
+
+    interrupted = TrainingConfig(output_dir=str(tmp_path / "interrupted"), **{**TINY, **common})
+    monkeypatch.setattr(PostformerTrainer, "training_step", killed_at_step_25)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted)
+    monkeypatch.setattr(PostformerTrainer, "training_step", original_step)
+    assert not (tmp_path / "interrupted" / "model.safetensors").exists()
+    assert cli(["train", "--output-dir", str(tmp_path / "interrupted"), "--resume", "--config", _write_config(tmp_path, interrupted)]) == 0
+
+    expected = load_file(tmp_path / "reference" / "model.safetensors")
+    resumed = load_file(tmp_path / "interrupted" / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+
+    def losses(run):
+        history = json.loads((tmp_path / run / "trainer_state.json").read_text())["log_history"]
+        return {e["step"]: e["loss"] for e in history if "loss" in e}
+
+    assert losses("interrupted") == losses("reference") and len(losses("reference")) == 30
+
+
+def _write_config(tmp_path, config):
+    import dataclasses
+
+    path = tmp_path / "config.yaml"
+    import yaml
+
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("output_dir", "resume")}
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    original_step = PostformerTrainer.training_step
+
+    def nan_from_step_12(self, model, inputs, num_items_in_batch=None):
+        if self.state.global_step >= 12:
+            with torch.no_grad():
+                model.model.norm.weight.fill_(float("nan"))
+        return original_step(self, model, inputs, num_items_in_batch)
+
+    monkeypatch.setattr(PostformerTrainer, "training_step", nan_from_step_12)
+    config = TrainingConfig(output_dir=str(tmp_path / "run"), max_steps=30, eval_steps=10, save_steps=10, sample_prompts=[], **TINY)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 13: training stopped"):
+        train(config)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    checkpoint = load_file(tmp_path / "run" / "checkpoint-10" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in checkpoint.values())
+    assert not (tmp_path / "run" / "checkpoint-20").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad input: clear errors, nothing overwritten
+
+
+def test_output_folder_holding_another_model_is_refused_and_left_intact(tiny_run, capsys):
+    output, _ = tiny_run
+    before = {p.name: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match="already holds a model or checkpoints; nothing was overwritten"):
+        train(TrainingConfig(output_dir=str(output), max_steps=5, **TINY))
+    assert cli(["train", "--output-dir", str(output), "--max-steps", "5"]) == 2
+    assert "already holds a model" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    "overrides,error,message",
+    [
+        (dict(data="missing.jsonl"), FileNotFoundError, "posts data not found"),
+        (dict(data="empty.jsonl"), ValueError, "no posts in .*the file is empty"),
+        (dict(data="posts.jsonl", text_field="body"), ValueError, "text field 'body' not found"),
+        (dict(block_size=128, max_position_embeddings=64), ValueError, "block_size 128 is longer than the model's context"),
+        (dict(data="posts.jsonl", batch_size=64), ValueError, "batch size does not fit the data"),
+        (dict(precision="fp8"), ValueError, "precision must be fp32, bf16 or fp16"),
+        (dict(max_steps=0), ValueError, "max_steps must be at least 1"),
+        (dict(resume=True), FileNotFoundError, "no complete checkpoint"),
+    ],
+)
+def test_bad_training_input_is_a_clear_error(tmp_path, monkeypatch, overrides, error, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "posts.jsonl").write_text("\n".join(json.dumps({"text": f"post {i} " * 8}) for i in range(40)))
+    config = TrainingConfig(output_dir=str(tmp_path / "out"), **{**TINY, "max_steps": 2, **overrides})
+    with pytest.raises(error, match=message):
+        train(config)
+
+
+def test_config_file_and_flags(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"preset": "medium", "learning_rate": 1e-4, "max_steps": 7}))
+    config = TrainingConfig.from_file(tmp_path / "c.json", max_steps=9)
+    assert (config.preset, config.learning_rate, config.max_steps) == ("medium", 1e-4, 9)
+    (tmp_path / "bad.yaml").write_text("learning_rat: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) in .*bad.yaml: \['learning_rat'\]"):
+        TrainingConfig.from_file(tmp_path / "bad.yaml")
