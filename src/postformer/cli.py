@@ -6,6 +6,7 @@ Each subcommand parses its flags and calls one function. Errors that name a prob
 
 import argparse
 import json
+import os
 import sys
 
 from .training.trainer import NonFiniteLossError
@@ -102,6 +103,8 @@ def _train(args):
     given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
     config = TrainingConfig.from_file(args.config, **given) if args.config else TrainingConfig(**given)
     metrics = train(config)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch, report once
+        return
     keys = ("eval_loss", "eval_perplexity", "eval_bits_per_character", "train_runtime", "parameters")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
     print(f"model, tokenizer, metrics.json and loss_curve.png written to {config.output_dir}")

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, TrainingArguments, set_seed
 
 from ..data import load_posts
@@ -176,6 +177,10 @@ def train(config: TrainingConfig) -> dict:
         data_seed=config.seed,
         dataloader_num_workers=0,
         disable_tqdm=config.disable_progress_bar,
+        # Without an accelerator, say so: Accelerate then runs multi-CPU (gloo) data parallelism under torchrun,
+        # instead of opening a process group and training each process on its own.
+        use_cpu=not torch.accelerator.is_available(),
+        ddp_find_unused_parameters=False,  # every parameter takes part in every step, whatever the config
     )
 
     posts = load_posts(config.data, text_field=config.text_field, seed=config.seed, streaming=config.streaming)
