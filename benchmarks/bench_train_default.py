@@ -1,7 +1,7 @@
 """The default training job (`postformer train` with no flags: tokenizer + "small" preset on the bundled sample),
 timed end to end on this machine: wall time, validation perplexity and bits per character, tokens/second.
 
-    python benchmarks/bench_train_default.py        # about 3 minutes on 2 CPU cores
+    python benchmarks/bench_train_default.py        # about 75 s on 2 quiet CPU cores
 """
 
 import json
