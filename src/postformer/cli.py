@@ -39,19 +39,17 @@ def _read_prompts(args) -> list[str]:
         return list(args.prompts)
     if args.prompts_file:
         with open(args.prompts_file, encoding="utf-8") as file:
-            prompts = [line for line in file.read().splitlines() if line.strip()]
-        if not prompts:
-            raise ValueError(f"prompts file {args.prompts_file!r} holds no prompts (expected one prompt per line)")
-        return prompts
-    if sys.stdin is not None and not sys.stdin.isatty():
-        prompts = [line for line in sys.stdin.read().splitlines() if line.strip()]
-        if not prompts:
-            raise ValueError(
-                "no prompts on standard input (expected one prompt per line); pass PROMPT arguments, or '' to "
-                "start a new post"
-            )
-        return prompts
-    return [""]
+            text, empty = file.read(), f"prompts file {args.prompts_file!r} holds no prompts"
+    elif sys.stdin is not None and not sys.stdin.isatty():
+        text, empty = sys.stdin.read(), "no prompts on standard input"
+    else:
+        return [""]
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(
+            f"{empty} (expected one prompt per line); pass PROMPT arguments, or '' to start a new post"
+        )
+    return prompts
 
 
 def _generate(args):
@@ -179,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
-               KeyError, NonFiniteLossError)
+               NonFiniteLossError)
 
 
 def main(argv=None) -> int:
@@ -187,8 +185,7 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except USER_ERRORS as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"postformer {args.command}: error: {message}", file=sys.stderr)
+        print(f"postformer {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
 

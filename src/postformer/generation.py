@@ -213,23 +213,11 @@ def generate_token_ids(
     return results
 
 
-def generate_posts(
-    model,
-    tokenizer,
-    prompts: list[str],
-    max_new_tokens: int = 60,
-    temperature: float = 1.0,
-    top_k: int = 50,
-    top_p: float = 0.95,
-    repetition_penalty: float = 1.0,
-    num_return_sequences: int = 1,
-    seed: int | None = None,
-    do_sample: bool = True,
-    streamer=None,
-    batch_size: int = 8,
-) -> list[list[str]]:
+def generate_posts(model, tokenizer, prompts: list[str], **options) -> list[list[str]]:
     """Continue each prompt; per prompt, its `num_return_sequences` continuations (text without the prompt,
-    special tokens skipped).
+    special tokens skipped). `options` are those of `generate_token_ids`: max_new_tokens (60), temperature
+    (1.0), top_k (50), top_p (0.95), repetition_penalty (1.0), num_return_sequences (1), seed (None), do_sample
+    (True), streamer (None), batch_size (8).
 
     do_sample=False is greedy decoding (temperature, top_k and top_p are then unused). The same `seed` gives
     the same text. `streamer`: None, True (print the continuation to the terminal as it is generated, with a
@@ -237,21 +225,7 @@ def generate_posts(
     Prompts are left-padded into batches of `batch_size`. Raises ValueError for out-of-range values and for a
     prompt whose tokens plus `max_new_tokens` do not fit the model's `max_position_embeddings`.
     """
-    token_ids = generate_token_ids(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        num_return_sequences=num_return_sequences,
-        seed=seed,
-        do_sample=do_sample,
-        streamer=streamer,
-        batch_size=batch_size,
-    )
+    token_ids = generate_token_ids(model, tokenizer, prompts, **options)
     return [
         [tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) for ids in sequences]
         for sequences in token_ids
