@@ -226,7 +226,7 @@ def train(config: TrainingConfig) -> dict:
         (output_dir / "training_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    metrics = {**train_output.metrics, **trainer.evaluate()}
+    metrics = {**train_output.metrics, **final_evaluation(trainer)}
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
     if args.should_save:
         trainer.save_model(str(output_dir))  # safetensors, config with auto_map, source files, generation config
@@ -234,6 +234,15 @@ def train(config: TrainingConfig) -> dict:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         plot_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")
     return metrics
+
+
+def final_evaluation(trainer: PostformerTrainer) -> dict:
+    """The evaluation at the last step: the one training just logged when the last step was an evaluation
+    step, else a new one (never the same evaluation twice)."""
+    last = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
+    if last is None or last["step"] != trainer.state.global_step:
+        return trainer.evaluate()
+    return {k: v for k, v in last.items() if k.startswith("eval_")}
 
 
 def _tokenizer_for_run(config: TrainingConfig, posts, output_dir: Path):
