@@ -30,6 +30,29 @@ def tiny_config(**overrides):
     return PostformerConfig(**values)
 
 
+# Short posts with the features the tokenizer cares about: hashtags, mentions, emoji, URLs.
+TINY_POSTS = [
+    f"{opening} {topic} {ending}"
+    for opening in ("just watched", "can't believe", "loving the", "who else saw", "so tired of", "finally got")
+    for topic in ("the match #football", "@maria's new song", "this weather", "the election debate", "my new phone")
+    for ending in ("!!!", "😂😂", "https://example.com/x", "lol")
+][:60]
+
+
+def save_tiny_model(folder, **overrides):
+    """Save a tiny, randomly initialised PostformerForCausalLM and a 300-token posts tokenizer (trained on
+    TINY_POSTS) side by side in `folder`, as training does; return the folder."""
+    from postformer import PostformerForCausalLM
+    from postformer.tokenization import config_token_ids, train_tokenizer
+
+    tokenizer = train_tokenizer(TINY_POSTS, vocab_size=300, show_progress=False)
+    torch.manual_seed(0)
+    model = PostformerForCausalLM(tiny_config(**{"initializer_range": 0.1, **config_token_ids(tokenizer), **overrides}))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def make_config():
     return tiny_config

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import save_tiny_model
 
 from postformer import PostformerForCausalLM
 from postformer.cli import main as cli
@@ -15,14 +15,6 @@ from postformer.generation import (
     generate_token_ids,
     load_model_and_tokenizer,
 )
-from postformer.tokenization import config_token_ids, train_tokenizer
-
-POSTS = [
-    f"{opening} {topic} {ending}"
-    for opening in ("just watched", "can't believe", "loving the", "who else saw", "so tired of", "finally got")
-    for topic in ("the match #football", "@maria's new song", "this weather", "the election debate", "my new phone")
-    for ending in ("!!!", "😂😂", "https://example.com/x", "lol")
-][:60]
 
 PROMPTS = ["just watched", "", "so tired of this weather and the", "@maria"]
 
@@ -38,13 +30,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tokenizer = train_tokenizer(POSTS, vocab_size=300, show_progress=False)
-    torch.manual_seed(0)
-    model = PostformerForCausalLM(tiny_config(initializer_range=0.1, **config_token_ids(tokenizer)))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

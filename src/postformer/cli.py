@@ -130,6 +130,9 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=base, default=None, help=help_text)
 
 
+# (subcommand handlers are added above this line)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="postformer", description="Train, use and publish posts language models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -173,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-stream", action="store_true", help="print a single continuation at the end, not as it comes")
     gen.add_argument("--json", action="store_true", help="print a JSON list of {prompt, generations}")
     gen.set_defaults(func=_generate)
+    # (subcommands are added above this line, one block each)
     return parser
 
 
