@@ -86,18 +86,8 @@ def load_posts(
     if "train" not in loaded:
         raise ValueError(f"no train split in {path}: found splits {sorted(loaded)}")
     posts = datasets.IterableDatasetDict() if streaming else datasets.DatasetDict()
-    field = "text" if _is_plain_text(path) else text_field
     for split, dataset in loaded.items():
-        columns = dataset.column_names
-        if columns is None:  # a streamed file: its columns are those of its first record
-            columns = list(next(iter(dataset), {}).keys())
-        if field not in columns:
-            raise ValueError(f"text field {text_field!r} not found in {path} ({split} split); its columns are {columns}")
-        dataset = dataset.select_columns([field])
-        if field != "text":
-            dataset = dataset.rename_column(field, "text")
-        dataset = dataset.filter(lambda text: isinstance(text, str) and text.strip() != "", input_columns="text")
-        posts[_SPLIT_NAMES.get(split, split)] = dataset
+        posts[_SPLIT_NAMES.get(split, split)] = _text_column(dataset, path, split, text_field)
     if next(iter(posts["train"]), None) is None:
         raise ValueError(f"no posts in {path}: every post of the train split is empty")
 
@@ -114,6 +104,39 @@ def load_posts(
     return posts
 
 
+def _text_column(dataset, path: Path, split: str, text_field: str):
+    """The dataset reduced to a "text" column of non-empty posts; ValueError when the field is missing."""
+    field = "text" if _is_plain_text(path) else text_field
+    columns = dataset.column_names
+    if columns is None:  # a streamed file: its columns are those of its first record
+        columns = list(next(iter(dataset), {}).keys())
+    if field not in columns:
+        raise ValueError(f"text field {text_field!r} not found in {path} ({split} split); its columns are {columns}")
+    dataset = dataset.select_columns([field])
+    if field != "text":
+        dataset = dataset.rename_column(field, "text")
+    return dataset.filter(lambda text: isinstance(text, str) and text.strip() != "", input_columns="text")
+
+
+def load_posts_split(data: str | Path | None = None, text_field: str = "text", split: str = "validation") -> list[str]:
+    """The posts to evaluate or score, as a list: every post of a single file, or one split of a folder (or of
+    the bundled sample, when `data` is None). Empty posts are dropped; no posts at all is a ValueError."""
+    path = BUNDLED_POSTS if data is None else Path(data)
+    if path.is_file():
+        if path.stat().st_size == 0:
+            raise ValueError(f"no posts in {path}: the file is empty")
+        dataset = _text_column(_load_files({"train": path})["train"], path, "train", text_field)
+    else:
+        posts = load_posts(path, text_field)
+        wanted = _SPLIT_NAMES.get(split, split)
+        if wanted not in posts:
+            raise ValueError(f"no {split!r} split in {path}: its splits are {sorted(posts)}")
+        dataset = posts[wanted]
+    if len(dataset) == 0:
+        raise ValueError(f"no posts in {path}: every post is empty")
+    return dataset["text"]
+
+
 def _is_plain_text(path: Path) -> bool:
     if path.is_file():
         return _format_of(path) == "text"
@@ -121,4 +144,4 @@ def _is_plain_text(path: Path) -> bool:
     return bool(files) and all(_format_of(p) == "text" for p in files.values())
 
 
-__all__ = ["BUNDLED_POSTS", "load_posts"]
+__all__ = ["BUNDLED_POSTS", "load_posts", "load_posts_split"]
