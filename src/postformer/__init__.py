@@ -3,7 +3,15 @@
 Importing the package registers the model family with transformers' Auto classes.
 """
 
-from .modeling import (
+import logging
+
+# transformers imports torchao (the `extras` int8 backend) whenever it is installed; on a CPU-only machine
+# torchao then logs that its CUDA kernels cannot load, and torch warns about torchao's enum registrations:
+# harmless, and noise in every command's output.
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+from .modeling import (  # noqa: E402
     PRESETS,
     PostformerConfig,
     PostformerForCausalLM,
