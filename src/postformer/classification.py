@@ -1,0 +1,548 @@
+"""Posts classification: fine-tune a trained Postformer language model into a sequence classifier, and use it.
+
+`train_classifier` reads a labelled posts file (a text and a label column), puts a new linear head on the
+language model's body (`PostformerForSequenceClassification`, which pools the last real token of a post) and
+fine-tunes the whole model with `transformers.Trainer`. It reports accuracy and macro-F1 on a held-out split,
+beside the majority-class baseline, and saves a Hub-style folder that `AutoModelForSequenceClassification`
+loads (after `import postformer`, or with `trust_remote_code=True` without it). `classify_posts` labels posts
+with such a folder.
+
+Posts are encoded as the language model saw them ("<s>" then the text) and padded on the RIGHT: real tokens
+then keep positions 0..n-1 whatever the batch, so a post's label does not depend on what it is batched with,
+for every position scheme (learned and sinusoidal positions would shift under left padding). The classifier's
+tokenizer is saved with that padding side, so `pipeline("text-classification", ...)` pads the same way.
+"""
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from .data import _SPLIT_NAMES, _format_of, _load_files, _split_files
+from .generation import TOKENIZER_FILES, WEIGHT_FILES
+from .modeling import PostformerForSequenceClassification
+
+MAX_LISTED_ROWS = 10  # rows named in an error message; the count is always given in full
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _counts(y_true, y_pred, num_labels: int | None):
+    y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {len(y_true)} and {len(y_pred)}")
+    if len(y_true) == 0:
+        raise ValueError("no predictions to score: y_true and y_pred are empty")
+    n = max(int(y_true.max()), int(y_pred.max())) + 1 if num_labels is None else num_labels
+    true_positives = np.bincount(y_true[y_true == y_pred], minlength=n)
+    return y_true, y_pred, true_positives, np.bincount(y_true, minlength=n), np.bincount(y_pred, minlength=n)
+
+
+def per_class_scores(y_true, y_pred, num_labels: int | None = None) -> dict[str, np.ndarray]:
+    """Per class id: support (true count), predicted (count), precision, recall and F1, as arrays.
+
+    F1 is 2TP / (2TP + FP + FN), which equals 2PR / (P + R) and is 0 for a class that is never predicted
+    correctly; precision (recall) is 0 for a class never predicted (absent), as scikit-learn's zero_division=0.
+    """
+    _, _, tp, support, predicted = _counts(y_true, y_pred, num_labels)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
+        recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
+        denominator = 2 * tp + (predicted - tp) + (support - tp)
+        f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+    return {"support": support, "predicted": predicted, "precision": precision, "recall": recall, "f1": f1}
+
+
+def macro_f1(y_true, y_pred, num_labels: int | None = None) -> float:
+    """The unweighted mean of the per-class F1 over the classes that occur in y_true or y_pred (as
+    scikit-learn's `f1_score(average="macro", zero_division=0)`): a class that is present but never predicted
+    counts with F1 = 0, a class absent from both is left out."""
+    scores = per_class_scores(y_true, y_pred, num_labels)
+    present = (scores["support"] + scores["predicted"]) > 0
+    return float(scores["f1"][present].mean())
+
+
+def accuracy(y_true, y_pred) -> float:
+    y_true, y_pred, *_ = _counts(y_true, y_pred, None)
+    return float((y_true == y_pred).mean())
+
+
+def _compute_metrics(eval_prediction) -> dict:
+    """Trainer's compute_metrics: accuracy and macro-F1 of the argmax of the logits."""
+    logits = eval_prediction.predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    predicted = np.asarray(logits).argmax(-1)
+    labels = np.asarray(eval_prediction.label_ids)
+    return {"accuracy": accuracy(labels, predicted), "macro_f1": macro_f1(labels, predicted, logits.shape[-1])}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Labelled data
+
+
+@dataclass
+class LabelledPosts:
+    """Labelled posts ready for training.
+
+    splits: "train", "validation" (and "test" when the data has one), each with a "text" and a "label" column
+    (the label's name, a string). labels: the label names, sorted (numerically when they all are integers);
+    a label's id is its index. validation_source: where the validation split came from, in words.
+    """
+
+    splits: datasets.DatasetDict
+    labels: list[str]
+    validation_source: str
+
+
+def _label_name(value) -> str | None:
+    """The label as a string; None when it is missing (None, NaN, blank)."""
+    if value is None or isinstance(value, (list, dict)):
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():  # a CSV column of integers with a blank cell is read as floats
+            value = int(value)
+    name = str(value).strip()
+    return name or None
+
+
+def _sorted_labels(names) -> list[str]:
+    names = set(names)
+    try:
+        return sorted(names, key=int)  # "2" before "10"; ids then match integer labels 0..K-1
+    except ValueError:
+        return sorted(names)
+
+
+def _read_labelled_files(path: Path) -> tuple[datasets.DatasetDict, dict[str, str]]:
+    """The splits of `path` as loaded (all columns), and per split the file it came from (for messages)."""
+    if path.is_dir() and any((path / n).exists() for n in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.Dataset):
+            loaded = datasets.DatasetDict(train=loaded)
+        return loaded, {split: f"{path} ({split} split)" for split in loaded}
+    if path.is_dir():
+        files = _split_files(path)
+        if not files:
+            raise FileNotFoundError(
+                f"no labelled posts files in folder {path}: expected train/validation/test files ending in .jsonl, "
+                ".json, .csv or .tsv, or a folder written by datasets' save_to_disk"
+            )
+    else:
+        if path.stat().st_size == 0:
+            raise ValueError(f"no posts in {path}: the file is empty")
+        files = {"train": path}
+    plain = sorted(str(p) for p in files.values() if _format_of(p) == "text")
+    if plain:
+        raise ValueError(
+            f"{', '.join(plain)}: plain text has no label column; give labelled posts as JSONL, CSV or TSV with a "
+            "text and a label column"
+        )
+    return _load_files(files), {split: str(file) for split, file in files.items()}
+
+
+def load_labelled_posts(
+    data: str | Path,
+    text_field: str = "text",
+    label_field: str = "label",
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+) -> LabelledPosts:
+    """Read labelled posts: a .jsonl/.json/.csv/.tsv file, a folder of such files named train/validation/test
+    (as `postformer.data.load_posts` reads them), or a folder written by `datasets`' `save_to_disk`.
+
+    Rows with an empty text are skipped (as `load_posts` does). Raises ValueError when the text or label column
+    is missing (naming the columns there are), when posts have an empty or missing label (saying how many and
+    which rows), when the train split has fewer than 2 distinct labels or a held-out split has labels that the
+    train split lacks, and when there are no posts. Without a validation split in the data, a deterministic
+    stratified `validation_fraction` of train (shuffled with `seed`, at least one post of each label kept
+    for training) becomes one.
+    """
+    if data is None:
+        raise ValueError("no labelled data given: pass a file or folder of posts with a text and a label column")
+    path = Path(data)
+    if not path.exists():
+        raise FileNotFoundError(f"labelled posts not found: {path}")
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be between 0 and 1 (exclusive), got {validation_fraction!r}")
+    loaded, sources = _read_labelled_files(path)
+    if "train" not in loaded:
+        raise ValueError(f"no train split in {path}: found splits {sorted(loaded)}")
+
+    splits = {}
+    for split, dataset in loaded.items():
+        source, columns = sources[split], dataset.column_names
+        for role, field in (("text", text_field), ("label", label_field)):
+            if field not in columns:
+                raise ValueError(
+                    f"{role} column {field!r} not found in {source}; its columns are {columns}"
+                    + (f" (choose one with --{role}-field)" if role == "label" else "")
+                )
+        texts, labels, missing = [], [], []
+        for row, (text, value) in enumerate(zip(dataset[text_field], dataset[label_field]), start=1):
+            if not isinstance(text, str) or not text.strip():
+                continue
+            name = _label_name(value)
+            if name is None:
+                missing.append(row)
+            texts.append(text)
+            labels.append(name)
+        if missing:
+            listed = ", ".join(map(str, missing[:MAX_LISTED_ROWS])) + (", ..." if len(missing) > MAX_LISTED_ROWS else "")
+            raise ValueError(
+                f"{len(missing)} of {len(texts)} posts in {source} have an empty or missing {label_field!r}: "
+                f"row(s) {listed} (rows counted from 1, a CSV's header not counted); label every post or drop them"
+            )
+        splits[_SPLIT_NAMES.get(split, split)] = datasets.Dataset.from_dict({"text": texts, "label": labels})
+
+    train = splits["train"]
+    if len(train) == 0:
+        raise ValueError(f"no posts in {sources['train']}: every post of the train split is empty")
+    label_names = _sorted_labels(train["label"])
+    if len(label_names) < 2:
+        raise ValueError(
+            f"only {len(label_names)} distinct label in {sources['train']} ({label_names[0]!r} in column "
+            f"{label_field!r}): a classifier needs at least 2"
+        )
+    for split, dataset in splits.items():
+        if split == "train":
+            continue
+        unknown = sorted(set(dataset["label"]) - set(label_names))
+        if unknown:
+            raise ValueError(
+                f"labels {unknown} of the {split} split ({sources[split]}) never occur in the train split, so the "
+                f"classifier could not learn them; the train split's labels are {label_names}"
+            )
+
+    if "validation" in splits:
+        validation_source = f"the data's validation split ({sources['validation']})"
+    else:
+        train_rows, validation_rows = _stratified_split(train["label"], validation_fraction, seed)
+        if not validation_rows:
+            raise ValueError(
+                f"too few posts in {sources['train']} ({len(train)}) to hold out a validation fraction of "
+                f"{validation_fraction}; give more posts, a larger --validation-fraction or a validation file"
+            )
+        splits["train"], splits["validation"] = train.select(train_rows), train.select(validation_rows)
+        validation_source = f"a stratified {validation_fraction:g} of the train split (seed {seed})"
+    if len(splits["validation"]) == 0:
+        raise ValueError(f"no posts in the validation split ({sources.get('validation', path)})")
+    return LabelledPosts(datasets.DatasetDict(splits), label_names, validation_source)
+
+
+def _stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Row indices (train, validation): per label, round(fraction x its posts) at random to validation, but
+    never all of them, so that every label keeps training posts. Deterministic given `seed`."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_label.setdefault(label, []).append(index)
+    validation = []
+    for label in sorted(by_label):
+        rows = rng.permutation(by_label[label])
+        validation.extend(int(i) for i in rows[: min(len(rows) - 1, round(fraction * len(rows)))])
+    held_out = set(validation)
+    return [i for i in range(len(labels)) if i not in held_out], sorted(validation)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model folders
+
+
+def _model_folder_config(model_dir) -> tuple[Path, dict]:
+    """The folder and its config.json, after checking that it holds a config, weights and a tokenizer."""
+    path = Path(model_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"model folder {str(path)!r} is not a folder")
+    missing = [
+        what for what, names in (("config.json", ("config.json",)), ("model weights", WEIGHT_FILES),
+                                 ("tokenizer files", TOKENIZER_FILES))
+        if not any((path / name).is_file() for name in names)
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a model folder: missing {', '.join(missing)}. Expected what save_pretrained of a "
+            "Postformer model and of its tokenizer write to the same folder"
+        )
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{str(path / 'config.json')!r} is not a readable JSON config: {error}") from None
+    if not isinstance(config, dict) or config.get("model_type") != "postformer":
+        kind = config.get("model_type") if isinstance(config, dict) else None
+        raise ValueError(f"the model in {str(path)!r} is not a Postformer model (model_type {kind!r})")
+    return path, config
+
+
+def _is_classifier(config: dict) -> bool:
+    return any("ForSequenceClassification" in name for name in config.get("architectures") or [])
+
+
+def _classifier_tokenizer(path: Path, model_config):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "right"  # see the module docstring
+    tokenizer.model_max_length = min(tokenizer.model_max_length, model_config.max_position_embeddings)
+    return tokenizer
+
+
+def init_classifier(model_dir, labels: list[str]):
+    """A `PostformerForSequenceClassification` for `labels` on the body of the language model saved in
+    `model_dir` (its weights reused, the score head new), and the model's tokenizer set up for classification."""
+    path, config = _model_folder_config(model_dir)
+    if _is_classifier(config):
+        raise ValueError(
+            f"{str(path)!r} holds a sequence classifier ({', '.join(config['architectures'])}), not a language "
+            "model: classify-train starts from a language model folder (written by `postformer train`)"
+        )
+    model = PostformerForSequenceClassification.from_pretrained(
+        path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type="single_label_classification",
+        use_cache=False,  # a classifier reads each post once: no key/value cache to keep
+    )
+    return model, _classifier_tokenizer(path, model.config)
+
+
+def load_classifier(model_dir):
+    """The sequence classifier (in eval mode) and its tokenizer saved in `model_dir` by `train_classifier`;
+    ValueError when the folder holds a language model instead."""
+    path, config = _model_folder_config(model_dir)
+    if not _is_classifier(config):
+        kind = ", ".join(config.get("architectures") or []) or "model without a classification head"
+        raise ValueError(
+            f"the model in {str(path)!r} is a {kind}, not a sequence classifier; train one from it with "
+            f"`postformer classify-train --model {path} --data LABELLED_POSTS --output-dir OUT`"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    return model, _classifier_tokenizer(path, model.config)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _encode(splits: datasets.DatasetDict, tokenizer, label_ids: dict[str, int]) -> datasets.DatasetDict:
+    def encode(batch):
+        encoded = tokenizer(batch["text"], truncation=True, max_length=tokenizer.model_max_length)
+        encoded["labels"] = [label_ids[name] for name in batch["label"]]
+        return encoded
+
+    return splits.map(encode, batched=True, remove_columns=["text", "label"], desc="tokenising posts")
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output folder {output_dir} is a file")
+    if any((output_dir / name).exists() for name in ("config.json", *WEIGHT_FILES)):
+        raise FileExistsError(
+            f"output folder {output_dir} already holds a model; nothing was overwritten. Choose another --output-dir"
+        )
+
+
+def _report(labels: list[str], y_true, y_pred, train_counts: Counter) -> dict:
+    scores = per_class_scores(y_true, y_pred, len(labels))
+    return {
+        label: {
+            "train": train_counts[label],
+            "support": int(scores["support"][i]),
+            "predicted": int(scores["predicted"][i]),
+            "precision": float(scores["precision"][i]),
+            "recall": float(scores["recall"][i]),
+            "f1": float(scores["f1"][i]),
+        }
+        for i, label in enumerate(labels)
+    }
+
+
+def train_classifier(
+    model_dir,
+    data,
+    output_dir,
+    text_field: str = "text",
+    label_field: str = "label",
+    epochs: float = 3.0,
+    learning_rate: float = 1e-3,
+    batch_size: int = 16,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    max_length: int | None = None,
+    weight_decay: float = 0.01,
+    warmup_fraction: float = 0.1,
+    disable_progress_bar: bool = False,
+) -> dict:
+    """Fine-tune the language model in `model_dir` into a classifier of the posts in `data`; save it to
+    `output_dir` and return its metrics (also written to `output_dir/metrics.json`).
+
+    `data`, `text_field`, `label_field`, `validation_fraction` and `seed`: as `load_labelled_posts`. The whole
+    model is trained (AdamW, linear decay after `warmup_fraction` of the steps, the language model's dropout)
+    for `epochs` epochs, then scored on the validation split (and on the test split when the data has one):
+    loss, accuracy and macro-F1, beside the majority-class baseline (always the train split's commonest label),
+    and per label: its train and held-out counts, how often it was predicted, precision, recall and F1. The
+    held-out predictions are written to `output_dir/eval_predictions.jsonl`. `max_length`: tokens kept of a
+    post (longer ones are cut at the end); None: the model's context length.
+
+    Raises FileExistsError when `output_dir` already holds a model, ValueError for a folder that is not a
+    language model and for the data problems `load_labelled_posts` names.
+    """
+    for name, value in (("epochs", epochs), ("learning_rate", learning_rate)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    output_dir = Path(output_dir)
+    _check_output_dir(output_dir)
+    _model_folder_config(model_dir)  # a wrong folder is reported before the data is read
+    posts = load_labelled_posts(data, text_field, label_field, validation_fraction, seed)
+
+    set_seed(seed)  # the new head's initial weights depend on the seed alone
+    model, tokenizer = init_classifier(model_dir, posts.labels)
+    if max_length is not None:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
+        tokenizer.model_max_length = min(max_length, tokenizer.model_max_length)
+    encoded = _encode(posts.splits, tokenizer, model.config.label2id)
+
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_fraction,  # a float below 1: the fraction of all steps
+        lr_scheduler_type="linear",
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        # Not "group_by_length": transformers then also reorders evaluation, and the held-out predictions
+        # written below must stay aligned with their posts.
+        eval_strategy="epoch",
+        save_strategy="no",  # the final model is saved below; no checkpoints to clean up
+        logging_strategy="epoch",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=disable_progress_bar,
+        use_cpu=not torch.accelerator.is_available(),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=encoded["train"],
+        eval_dataset=encoded["validation"],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=_compute_metrics,
+    )
+    train_output = trainer.train()
+
+    train_counts = Counter(posts.splits["train"]["label"])
+    majority = max(posts.labels, key=lambda label: (train_counts[label], -posts.labels.index(label)))
+    metrics = {
+        "labels": posts.labels,
+        "validation_source": posts.validation_source,
+        "train_posts": len(posts.splits["train"]),
+        **{k: v for k, v in train_output.metrics.items() if k in ("train_loss", "train_runtime", "epoch")},
+        "majority_label": majority,
+    }
+    records = []
+    for split in [s for s in ("validation", "test") if s in encoded]:
+        prefix = "eval" if split == "validation" else "test"
+        output = trainer.predict(encoded[split], metric_key_prefix=prefix)
+        predicted = output.predictions.argmax(-1)
+        baseline = np.full_like(output.label_ids, model.config.label2id[majority])
+        metrics.update({
+            f"{prefix}_posts": len(output.label_ids),
+            f"{prefix}_loss": output.metrics[f"{prefix}_loss"],
+            f"{prefix}_accuracy": output.metrics[f"{prefix}_accuracy"],
+            f"{prefix}_macro_f1": output.metrics[f"{prefix}_macro_f1"],
+            f"{prefix}_majority_accuracy": accuracy(output.label_ids, baseline),
+            f"{prefix}_majority_macro_f1": macro_f1(output.label_ids, baseline, len(posts.labels)),
+            f"{prefix}_per_label": _report(posts.labels, output.label_ids, predicted, train_counts),
+        })
+        probabilities = torch.softmax(torch.from_numpy(output.predictions).float(), -1)
+        for text, label, index, probs in zip(posts.splits[split]["text"], posts.splits[split]["label"], predicted,
+                                             probabilities):
+            records.append({"split": split, "text": text, "label": label,
+                            "predicted": posts.labels[index], "score": float(probs[index])})
+    metrics["hyperparameters"] = dict(
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
+        warmup_fraction=warmup_fraction, max_length=tokenizer.model_max_length, seed=seed,
+        text_field=text_field, label_field=label_field, base_model=str(model_dir),
+    )
+
+    if args.should_save:
+        trainer.save_model(str(output_dir))  # safetensors, config with labels and auto_map, source files, tokenizer
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        with open(output_dir / "eval_predictions.jsonl", "w", encoding="utf-8") as file:
+            file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inference
+
+
+def _check_texts(texts, batch_size) -> None:
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise ValueError(f"texts must be a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise ValueError("no posts to classify: texts is empty")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"post {index} is empty or not a string: {text!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
+def classify_with(model, tokenizer, texts: list[str], batch_size: int = 32) -> list[dict]:
+    """`classify_posts` with a classifier and tokenizer already loaded (`load_classifier`)."""
+    _check_texts(texts, batch_size)
+    id2label = model.config.id2label
+    results = []
+    for start in range(0, len(texts), batch_size):
+        inputs = tokenizer(list(texts[start : start + batch_size]), truncation=True, padding=True,
+                           max_length=tokenizer.model_max_length, return_tensors="pt").to(model.device)
+        with torch.no_grad():
+            probabilities = torch.softmax(model(**inputs).logits.float(), -1).cpu()
+        for row in probabilities.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            results.append({"label": id2label[best], "score": row[best],
+                            "scores": {id2label[i]: p for i, p in enumerate(row)}})
+    return results
+
+
+def classify_posts(model_dir, texts: list[str], batch_size: int = 32) -> list[dict]:
+    """Label each post with the classifier saved in `model_dir` (by `train_classifier`).
+
+    Returns, per post, {"label": the likeliest label, "score": its probability, "scores": {label: probability}}.
+    Raises ValueError for an empty list, an empty post, or a folder holding a language model, not a classifier.
+    """
+    _check_texts(texts, batch_size)  # before the model is loaded
+    model, tokenizer = load_classifier(model_dir)
+    return classify_with(model, tokenizer, texts, batch_size)
+
+
+__all__ = [
+    "LabelledPosts", "load_labelled_posts", "init_classifier", "load_classifier", "train_classifier",
+    "classify_with", "classify_posts", "accuracy", "macro_f1", "per_class_scores",
+]
