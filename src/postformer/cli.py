@@ -130,7 +130,204 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=base, default=None, help=help_text)
 
 
+def _posts_from_data(args) -> list[str]:
+    """The posts of --data (a file: all its posts; a folder: its --split), the first --max-posts of them."""
+    from .data import load_posts_split
+
+    if args.max_posts is not None and args.max_posts < 1:
+        raise ValueError(f"--max-posts must be at least 1, got {args.max_posts}")
+    return load_posts_split(args.data, args.text_field, args.split)[: args.max_posts]
+
+
+def _evaluate(args):
+    from .evaluation import evaluate_posts
+    from .generation import load_model_and_tokenizer
+
+    texts = _posts_from_data(args)
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    metrics = evaluate_posts(model, tokenizer, texts, batch_size=args.batch_size, stride=args.stride)
+    metrics = {"model": str(args.model), "data": str(args.data or "bundled sample"), **metrics}
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as file:
+            json.dump(metrics, file, indent=2)
+    print(json.dumps(metrics, indent=2))
+
+
+def _score(args):
+    from .evaluation import score_posts
+    from .generation import load_model_and_tokenizer
+
+    if args.texts and args.data:
+        raise ValueError("give posts as TEXT arguments or with --data, not both")
+    texts = list(args.texts) if args.texts else _posts_from_data(args)
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    scored = score_posts(model, tokenizer, texts, batch_size=args.batch_size, stride=args.stride)
+    if args.output:  # every post, with its per-token losses, one JSON object per line
+        with open(args.output, "w", encoding="utf-8") as file:
+            file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in scored)
+    ranked = sorted(scored, key=lambda record: record["loss"], reverse=True)[: args.top]
+    if args.json:
+        print(json.dumps(ranked, ensure_ascii=False, indent=2))
+        return
+    print(f"{len(scored)} posts scored; the {len(ranked)} most unusual (highest mean token loss) first:")
+    for record in ranked:
+        text = record["text"].replace("\n", " ")
+        print(f"  #{record['index']:<6} loss {record['loss']:.3f}  ppl {record['perplexity']:10.1f}  "
+              f"{record['tokens']:>4} tokens  {text[:80]}{'...' if len(text) > 80 else ''}")
+
+
+def _compress(args):
+    from .compression import compress_model, format_report
+
+    report = compress_model(
+        args.model,
+        args.output_dir,
+        dtype=args.dtype,
+        int8=args.int8,
+        prune=args.prune,
+        prune_scope=args.prune_scope,
+        data=args.data,
+        text_field=args.text_field,
+        max_posts=args.max_posts,
+    )
+    print(format_report(report))
+    print(f"model, tokenizer and compression_report.json written to {args.output_dir}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+
+
+def _classify_train(args):
+    from .classification import train_classifier
+
+    metrics = train_classifier(
+        args.model,
+        args.data,
+        args.output_dir,
+        text_field=args.text_field,
+        label_field=args.label_field,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(metrics, ensure_ascii=False, indent=2))
+    else:
+        for prefix, name in (("eval", "validation"), ("test", "test")):
+            if f"{prefix}_accuracy" in metrics:
+                print(f"{name} ({metrics[prefix + '_posts']} posts): accuracy {metrics[prefix + '_accuracy']:.3f}, "
+                      f"macro-F1 {metrics[prefix + '_macro_f1']:.3f}; majority class {metrics['majority_label']!r}: "
+                      f"accuracy {metrics[prefix + '_majority_accuracy']:.3f}, "
+                      f"macro-F1 {metrics[prefix + '_majority_macro_f1']:.3f}")
+        print(f"{'label':<20} {'train':>6} {'held out':>8} {'predicted':>9} {'F1':>6}")
+        for label, row in metrics["eval_per_label"].items():
+            print(f"{label[:20]:<20} {row['train']:>6} {row['support']:>8} {row['predicted']:>9} {row['f1']:>6.3f}")
+    print(f"classifier, tokenizer, metrics.json and eval_predictions.jsonl written to {args.output_dir}")
+
+
+def _classify(args):
+    from .classification import classify_posts
+
+    if args.texts and args.file:
+        raise ValueError("give posts as arguments or with --file, not both")
+    if args.file:
+        with open(args.file, encoding="utf-8") as file:
+            texts = [line for line in file.read().splitlines() if line.strip()]
+        if not texts:
+            raise ValueError(f"file {args.file!r} holds no posts (expected one post per line)")
+    elif args.texts:
+        texts = list(args.texts)
+    else:
+        raise ValueError("no posts to classify: give TEXT arguments or --file with one post per line")
+    results = classify_posts(args.model, texts, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps([{"text": t, **r} for t, r in zip(texts, results)], ensure_ascii=False, indent=2))
+        return
+    for text, result in zip(texts, results):
+        text = text.replace("\n", " ")
+        print(f"{result['label']}\t{result['score']:.3f}\t{text[:80]}{'...' if len(text) > 80 else ''}")
+
+
+def _attention(args):
+    import importlib.util
+
+    from .attention_maps import attention_weights, plot_attention
+    from .generation import load_model_and_tokenizer
+
+    if importlib.util.find_spec("matplotlib") is None:  # say so before loading the model, as a user error
+        print("postformer attention: error: drawing attention maps needs matplotlib: "
+              "pip install 'postformer[extras]'", file=sys.stderr)
+        raise SystemExit(2)
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    maps = attention_weights(model, tokenizer, args.text)
+    path = plot_attention(maps, args.output, layer=args.layer, head=args.head)
+    if args.json:
+        record = {"text": maps.text, "tokens": maps.tokens, "token_ids": maps.token_ids,
+                  "shape": list(maps.weights.shape), "layer": args.layer, "head": args.head, "output": str(path)}
+        if args.layer is not None and args.head is not None:  # one map is small enough to print
+            record["weights"] = [[round(float(w), 6) for w in row] for row in maps.weights[args.layer, args.head]]
+        print(json.dumps(record, ensure_ascii=False, indent=2))
+        return
+    layers, heads = maps.num_layers, maps.num_heads
+    shown = (f"layer {args.layer}, head {args.head}" if args.layer is not None and args.head is not None
+             else f"the {heads} heads of layer {args.layer}" if args.layer is not None
+             else f"head {args.head} of the {layers} layers" if args.head is not None
+             else f"{layers} layers x {heads} heads")
+    print(f"{len(maps.tokens)} tokens: {' '.join(repr(token) for token in maps.tokens)}")
+    print(f"attention of {shown} written to {path}")
+
+
+def _push(args):
+    from .push import format_plan, push_to_hub, upload_plan
+
+    if args.dry_run:
+        print(format_plan(upload_plan(args.model), args.repo_id))
+        print("dry run: nothing was uploaded")
+        return
+    url = push_to_hub(args.model, args.repo_id, private=args.private, revision=args.revision,
+                      commit_message=args.commit_message, token=args.token)
+    print(f"pushed {args.model} to {args.repo_id}: {url}")
+
+
+def _finetune(args):
+    from .training.finetune import finetune
+
+    metrics = finetune(
+        args.model, args.data, args.output_dir, lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout, target_modules=args.target_modules, epochs=args.epochs,
+        max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
+        block_size=args.block_size, seed=args.seed, base_model=args.base_model, text_field=args.text_field,
+        disable_progress_bar=args.quiet,
+    )
+    keys = ("eval_loss_before", "eval_loss", "eval_perplexity_before", "eval_perplexity", "train_runtime",
+            "trainable_parameters", "parameters")
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
+    written = "merged model, adapter/" if args.lora else "model"
+    print(f"{written}, tokenizer, metrics.json and model card written to {args.output_dir}")
+
+
+def _card(args):
+    from .hub_cards import write_model_card
+
+    path = write_model_card(args.model, base_model=args.base_model, license=args.license)
+    if args.print:
+        print(path.read_text(encoding="utf-8"))
+    print(f"model card written to {path}", file=sys.stderr if args.print else sys.stdout)
+
+
 # (subcommand handlers are added above this line)
+
+
+def _add_posts_flags(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--data", help=f"posts: a .jsonl/.csv/.txt file (all its posts) or a folder of split files "
+                        f"or a datasets folder (default: {default})")
+    parser.add_argument("--split", default="validation", help="split of a folder to use (default: validation)")
+    parser.add_argument("--text-field", default="text", help="column holding the post text (default: text)")
+    parser.add_argument("--max-posts", type=int, help="use only the first N posts")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
+    parser.add_argument("--stride", type=int, help="sliding-window step for posts longer than the context "
+                        "(default: half the context)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,12 +373,151 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-stream", action="store_true", help="print a single continuation at the end, not as it comes")
     gen.add_argument("--json", action="store_true", help="print a JSON list of {prompt, generations}")
     gen.set_defaults(func=_generate)
+    ev = commands.add_parser("evaluate", help="loss, perplexity and bits per character of a model on posts")
+    ev.add_argument("--model", required=True, help="folder holding the model and its tokenizer")
+    _add_posts_flags(ev, "the bundled sample")
+    ev.add_argument("--output", help="also write the metrics to this JSON file")
+    ev.set_defaults(func=_evaluate)
+
+    sc = commands.add_parser("score", help="each post's mean token loss (find unusual or spammy posts)")
+    sc.add_argument("texts", nargs="*", metavar="TEXT", help="posts to score (default: the posts of --data)")
+    sc.add_argument("--model", required=True, help="folder holding the model and its tokenizer")
+    _add_posts_flags(sc, "the bundled sample")
+    sc.add_argument("--top", type=int, default=20, help="print the N highest-loss posts (default: 20)")
+    sc.add_argument("--output", help="write every post with its per-token losses to this JSONL file")
+    sc.add_argument("--json", action="store_true", help="print the top posts as JSON, with per-token losses")
+    sc.set_defaults(func=_score)
+
+    ct = commands.add_parser(
+        "classify-train", help="fine-tune a trained language model into a posts classifier",
+        description="Put a classification head on a trained language model and fine-tune it on labelled posts; "
+        "reports accuracy and macro-F1 on held-out posts beside the majority-class baseline.",
+    )
+    ct.add_argument("--model", required=True, help="language model folder (written by `postformer train`)")
+    ct.add_argument("--data", required=True, help="labelled posts: .jsonl/.csv/.tsv file, folder of "
+                    "train/validation/test files or a datasets folder")
+    ct.add_argument("--output-dir", required=True, help="folder to write the classifier to (must not hold a model)")
+    ct.add_argument("--text-field", default="text", help="column holding the post (default: text)")
+    ct.add_argument("--label-field", default="label", help="column holding the label (default: label)")
+    ct.add_argument("--epochs", type=float, default=3.0, help="passes over the train split (default: 3)")
+    ct.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    ct.add_argument("--batch-size", type=int, default=16, help="posts per step (default: 16)")
+    ct.add_argument("--validation-fraction", type=float, default=0.1,
+                    help="share of train held out when the data has no validation split (default: 0.1)")
+    ct.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    ct.add_argument("--json", action="store_true", help="print all metrics as JSON")
+    ct.set_defaults(func=_classify_train)
+
+    cl = commands.add_parser("classify", help="label posts with a classifier from classify-train")
+    cl.add_argument("texts", nargs="*", metavar="TEXT", help="posts to classify")
+    cl.add_argument("--model", required=True, help="classifier folder (written by `postformer classify-train`)")
+    cl.add_argument("--file", help="file with one post per line")
+    cl.add_argument("--batch-size", type=int, default=32, help="posts classified together (default: 32)")
+    cl.add_argument("--json", action="store_true", help="print a JSON list of {text, label, score, scores}")
+    cl.set_defaults(func=_classify)
+
+    cmp = commands.add_parser(
+        "compress", help="shrink a model folder (bf16/fp16, int8 weights, pruning) and measure the cost",
+        description="Write a compressed copy of a model folder (model, tokenizer, compression_report.json): "
+        "pruning first, then --dtype, then --int8. The report compares weights on disk, sparsity, validation "
+        "perplexity and greedy generation speed before and after. The result loads with "
+        "AutoModelForCausalLM.from_pretrained(OUT) and no extra argument; an --int8 folder needs torchao "
+        "installed (pip install 'postformer[extras]').",
+    )
+    cmp.add_argument("--model", required=True, help="folder holding the model and its tokenizer (save_pretrained)")
+    cmp.add_argument("--output-dir", required=True, help="new or empty folder to write the compressed model to")
+    cmp.add_argument("--dtype", choices=["fp16", "bf16"], help="cast the weights to this half precision")
+    cmp.add_argument("--int8", action="store_true", help="int8 weight-only quantisation of the decoder's Linear "
+                     "layers with torchao (the tied embedding / LM head stay in floating point)")
+    cmp.add_argument("--prune", type=float, metavar="RATIO", help="zero this fraction, in [0, 1), of the "
+                     "smallest-magnitude Linear weights (L1 unstructured; not the embedding / LM head)")
+    cmp.add_argument("--prune-scope", choices=["global", "layer"], default="global",
+                     help="rank weights over all layers together, or prune each layer by RATIO (default: global)")
+    cmp.add_argument("--data", help="posts to measure perplexity on: a file (all its posts) or a folder's "
+                     "validation split (default: the bundled sample's validation split)")
+    cmp.add_argument("--text-field", default="text", help="column holding the post text (default: text)")
+    cmp.add_argument("--max-posts", type=int, help="measure perplexity on the first N posts only")
+    cmp.add_argument("--json", action="store_true", help="also print the report as JSON")
+    cmp.set_defaults(func=_compress)
+
+    att = commands.add_parser(
+        "attention", help="draw a model's attention on a post as a heat-map PNG",
+        description="Run the model once on a post and draw its attention probabilities (queries as rows, keys "
+        "as columns): one head with --layer and --head, all heads of a layer with --layer alone, one head "
+        "across the layers with --head alone, else a grid of every layer and head. Layers and heads are "
+        "numbered from 0. Needs matplotlib (pip install 'postformer[extras]').",
+    )
+    att.add_argument("--model", required=True, help="folder holding the model and its tokenizer (save_pretrained)")
+    att.add_argument("--text", required=True, help="the post, encoded as a post: <s> then the text")
+    att.add_argument("--output", required=True, help="PNG file to write (missing folders are made)")
+    att.add_argument("--layer", type=int, help="layer to draw, from 0 (default: all layers)")
+    att.add_argument("--head", type=int, help="head to draw, from 0 (default: all heads)")
+    att.add_argument("--json", action="store_true", help="print the tokens and the weights' shape as JSON, and "
+                     "the weights too when --layer and --head pick one map")
+    att.set_defaults(func=_attention)
+
+    push = commands.add_parser(
+        "push", help="check a model folder and upload it to the Hugging Face Hub",
+        description="Upload a model folder (weights, config with auto_map, code, tokenizer, generation config, "
+        "model card) to a Hub model repository in one commit. Checkpoints, logs, pickles, hidden and temporary "
+        "files are left out; --dry-run lists what would be uploaded.",
+    )
+    push.add_argument("--model", required=True, help="the model folder (save_pretrained output with README.md)")
+    push.add_argument("--repo-id", required=True, help="the Hub repository: 'name' or 'namespace/name'")
+    push.add_argument("--private", action="store_true", help="create the repository private (if it is new)")
+    push.add_argument("--revision", help="branch to commit to, created if missing (default: main)")
+    push.add_argument("--commit-message", help="commit message (default: 'Upload FOLDER with postformer')")
+    push.add_argument("--token", help="Hub token with write access (default: HF_TOKEN, else `hf auth login`'s)")
+    push.add_argument("--dry-run", action="store_true", help="check the folder and list the files; upload nothing")
+    push.set_defaults(func=_push)
+
+    ft = commands.add_parser(
+        "finetune", help="fine-tune a saved model on posts, fully or with LoRA (a plain transformers Trainer)",
+        description="Fine-tune a model folder on posts. With --lora, LoRA adapters are trained on "
+        "--target-modules (default: qkv_proj o_proj up_proj down_proj, every Linear layer of the blocks) and "
+        "the output folder gets the merged model plus the adapter in adapter/.",
+    )
+    ft.add_argument("--model", required=True, help="folder holding the model and its tokenizer")
+    ft.add_argument("--data", required=True, help="posts: a .jsonl/.csv/.txt file, a folder of split files or a "
+                    "datasets folder")
+    ft.add_argument("--output-dir", required=True, help="folder to write the fine-tuned model to (must hold no model)")
+    ft.add_argument("--text-field", default="text", help="column holding the post text (default: text)")
+    ft.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every weight")
+    ft.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
+    ft.add_argument("--lora-alpha", type=int, default=16, help="LoRA scale numerator: scale = alpha / r (default: 16)")
+    ft.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input (default: 0.05)")
+    ft.add_argument("--target-modules", nargs="+", help="Linear modules to adapt (default: qkv_proj o_proj "
+                    "up_proj down_proj)")
+    ft.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --max-steps is not given "
+                    "(default: 1)")
+    ft.add_argument("--max-steps", type=int, help="optimisation steps (overrides --epochs)")
+    ft.add_argument("--learning-rate", type=float, help="peak learning rate (default: 2e-4 with --lora, else 5e-5)")
+    ft.add_argument("--batch-size", type=int, default=8, help="blocks per step (default: 8)")
+    ft.add_argument("--block-size", type=int, default=128, help="tokens per block (default: 128)")
+    ft.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    ft.add_argument("--base-model", help="the base model's Hub repo id for the model card (default: the --model "
+                    "folder's name)")
+    ft.add_argument("--quiet", action="store_true", help="no progress bar")
+    ft.set_defaults(func=_finetune)
+
+    card = commands.add_parser(
+        "card", help="(re)write a model folder's README.md model card from the files it holds",
+        description="Render the model card (README.md with Hub metadata) of a saved model folder from its "
+        "config.json, weights, training_config.json, metrics.json, loss_curve.png and compression_report.json.",
+    )
+    card.add_argument("--model", required=True, help="folder holding the saved model")
+    card.add_argument("--base-model", help="Hub id of the model this one was fine-tuned from (metadata base_model)")
+    card.add_argument("--license", help="licence identifier for the card (default: mit for the bundled sample, "
+                      "the data README's licence, else other)")
+    card.add_argument("--print", action="store_true", help="also print the card")
+    card.set_defaults(func=_card)
+
     # (subcommands are added above this line, one block each)
     return parser
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
-               NonFiniteLossError)
+               NonFiniteLossError, ConnectionError)
 
 
 def main(argv=None) -> int:
