@@ -1,0 +1,331 @@
+"""Fine-tune a saved causal LM on posts, fully or with LoRA, in the style of transformers' `run_clm.py`.
+
+`finetune(model_dir, data, output_dir, ...)` is what `postformer finetune` calls:
+
+1. `AutoModelForCausalLM.from_pretrained(model_dir)` and `AutoTokenizer.from_pretrained(model_dir)`;
+2. posts read with `postformer.data.load_posts`, tokenised and packed into blocks with `pack_posts`;
+3. optionally wrapped with PEFT LoRA adapters;
+4. trained by a plain `transformers.Trainer` (no custom loop), evaluated before and after on the validation split;
+5. saved to `output_dir` as a complete model folder (a LoRA run saves the merged model there, and the adapter
+   alone in `output_dir/adapter/`), with metrics.json, training_config.json, loss_curve.png and a model card.
+
+LoRA targets, by default, every Linear layer inside the Postformer blocks (DEFAULT_LORA_TARGET_MODULES):
+
+- `qkv_proj`: the fused query/key/value projection of each attention layer;
+- `o_proj`: the attention output projection;
+- `up_proj`, `down_proj`: the two layers of each feed-forward block.
+
+The LM head (`lm_head`) is left out: it is tied to the token embeddings, and adapting it would untie them. Any
+Linear module of the model may be named with `target_modules` (its last name component, e.g. "o_proj", or its full
+dotted path); a name that matches no Linear module is a ValueError that lists the model's Linear module names.
+"""
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_LORA_TARGET_MODULES = ("qkv_proj", "o_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class FinetuneConfig:
+    """Every option of a fine-tuning run; written to training_config.json in the output folder."""
+
+    model_dir: str
+    output_dir: str
+    data: str | None = None  # None: the bundled posts sample
+    text_field: str = "text"
+    base_model: str | None = None  # the base model's Hub id, for the model card; None: the local model_dir
+    # LoRA
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES))
+    # optimisation (run_clm's defaults, except the learning rate, which LoRA wants higher)
+    epochs: float = 1.0
+    max_steps: int | None = None  # None: train for `epochs`; else exactly this many steps
+    learning_rate: float | None = None  # None: 2e-4 with LoRA, 5e-5 for a full fine-tune
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    block_size: int = 128
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_scheduler: str = "linear"
+    logging_steps: int = 10
+    max_eval_posts: int | None = 300
+    seed: int = 0
+    disable_progress_bar: bool = False
+
+
+def _check_config(config: FinetuneConfig) -> None:
+    for name in ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "logging_steps"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if config.max_steps is not None and (not isinstance(config.max_steps, int) or config.max_steps < 1):
+        raise ValueError(f"max_steps must be an integer >= 1 (or None to train for `epochs`), got {config.max_steps!r}")
+    if config.max_steps is None and not config.epochs > 0:
+        raise ValueError(f"epochs must be > 0, got {config.epochs!r}")
+    if not 0 <= config.lora_dropout < 1:
+        raise ValueError(f"lora_dropout must be in [0, 1), got {config.lora_dropout!r}")
+    if config.learning_rate is not None and not config.learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {config.learning_rate!r}")
+    if config.max_eval_posts is not None and config.max_eval_posts < 1:
+        raise ValueError(f"max_eval_posts must be at least 1, got {config.max_eval_posts!r}")
+    if config.lora and not config.target_modules:
+        raise ValueError("target_modules is empty: name at least one Linear module for LoRA")
+
+
+def _check_output_dir(model_dir: Path, output_dir: Path) -> None:
+    """Refuse to overwrite a model (or the base model itself); an empty or model-free folder is fine."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output folder {output_dir} is a file")
+    if output_dir.resolve() == model_dir.resolve():
+        raise ValueError(f"output folder {output_dir} is the base model's folder: choose another --output-dir")
+    if output_dir.is_dir():
+        held = [name for name in ("config.json", "model.safetensors", "model.safetensors.index.json", "adapter")
+                if (output_dir / name).exists()]
+        held += sorted(p.name for p in output_dir.glob("checkpoint-*"))
+        if held:
+            raise FileExistsError(
+                f"output folder {output_dir} already holds a model ({', '.join(held)}); nothing was overwritten. "
+                "Choose another --output-dir."
+            )
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """The distinct last name components of the model's Linear modules (what LoRA `target_modules` names)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
+
+
+def check_target_modules(model: nn.Module, target_modules) -> list[str]:
+    """`target_modules` as a list, after checking each one names a Linear module of `model` the way PEFT matches
+    them (the full dotted name, or its last components); ValueError listing the model's Linear modules otherwise.
+
+    PEFT itself only complains when no target matches at all; a typo next to a correct name would silently
+    train fewer layers than asked, so every name is checked here."""
+    if isinstance(target_modules, str):
+        target_modules = [target_modules]
+    targets = list(target_modules)
+    linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    unknown = [t for t in targets if not any(name == t or name.endswith("." + t) for name in linear)]
+    if unknown:
+        raise ValueError(
+            f"unknown LoRA target module(s) {unknown}: the model's Linear modules are "
+            f"{linear_module_names(model)} (default: {list(DEFAULT_LORA_TARGET_MODULES)})"
+        )
+    return targets
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))
+
+
+def finetune(
+    model_dir,
+    data=None,
+    output_dir=None,
+    lora: bool = False,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    target_modules=None,
+    epochs: float = 1.0,
+    max_steps: int | None = None,
+    learning_rate: float | None = None,
+    batch_size: int = 8,
+    block_size: int = 128,
+    seed: int = 0,
+    base_model: str | None = None,
+    **options,
+) -> dict:
+    """Fine-tune the causal LM saved in `model_dir` on the posts of `data`; write the result to `output_dir`.
+
+    data: a posts file or folder, as `postformer.data.load_posts` reads (None: the bundled sample); its validation
+    split (or 5% of train) is evaluated before and after training. lora=True trains LoRA adapters (rank `lora_r`,
+    scale `lora_alpha / lora_r`, `lora_dropout`) on `target_modules` (default DEFAULT_LORA_TARGET_MODULES) and
+    keeps every base weight frozen; otherwise all weights are trained. Training runs for `max_steps` steps, or
+    `epochs` passes over the data when max_steps is None. learning_rate None: 2e-4 with LoRA, 5e-5 otherwise.
+    base_model: the base model's Hub repo id, which the model card's metadata links to (and the adapter config
+    names); None: the card names the local `model_dir` in its text only, since the Hub could not resolve it.
+    Further options: the other FinetuneConfig fields (text_field, weight_decay, warmup_steps, lr_scheduler,
+    gradient_accumulation_steps, logging_steps, max_eval_posts, disable_progress_bar).
+
+    Writes to output_dir (refused when it already holds a model): the fine-tuned (for LoRA: merged) model and
+    tokenizer as a complete model folder that `from_pretrained` loads, `adapter/` (LoRA: the adapter alone, for
+    `PeftModel.from_pretrained`), metrics.json, training_config.json, loss_curve.png and README.md (model card).
+    Returns the metrics: eval_loss / eval_perplexity after, eval_loss_before / eval_perplexity_before, the
+    Trainer's train metrics, parameters and trainable_parameters.
+    """
+    if output_dir is None:
+        raise ValueError("output_dir is required: the folder to write the fine-tuned model to")
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown fine-tuning option(s) {unknown}; known options are {sorted(known)}")
+    config = FinetuneConfig(
+        model_dir=str(model_dir), output_dir=str(output_dir), data=None if data is None else str(data), lora=lora,
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        target_modules=list(DEFAULT_LORA_TARGET_MODULES if target_modules is None else
+                            [target_modules] if isinstance(target_modules, str) else target_modules),
+        epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size,
+        block_size=block_size, seed=seed, base_model=base_model, **options,
+    )
+    return run_finetune(config)
+
+
+def run_finetune(config: FinetuneConfig) -> dict:
+    """`finetune` from a FinetuneConfig."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from ..data import load_posts
+    from ..generation import check_model_dir
+    from ..hub_cards import write_model_card
+    from .data import pack_posts
+    from .run import plot_loss_curve
+
+    _check_config(config)
+    model_dir = check_model_dir(config.model_dir)
+    output_dir = Path(config.output_dir)
+    _check_output_dir(model_dir, output_dir)
+    learning_rate = config.learning_rate or (2e-4 if config.lora else 5e-5)
+
+    set_seed(config.seed)  # LoRA's initial A matrices and dropout masks depend on the seed alone
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and config.block_size > context:
+        raise ValueError(
+            f"block_size {config.block_size} is longer than the model's context ({context}); lower --block-size"
+        )
+    if config.lora:
+        # Checked before any data is read, so a typo fails in seconds.
+        check_target_modules(model, config.target_modules)
+
+    posts = load_posts(config.data, text_field=config.text_field, seed=config.seed)
+    if config.max_eval_posts is not None and len(posts["validation"]) > config.max_eval_posts:
+        posts["validation"] = posts["validation"].select(range(config.max_eval_posts))
+    train_blocks = pack_posts(posts["train"], tokenizer, config.block_size)
+    eval_blocks = pack_posts(posts["validation"], tokenizer, config.block_size)
+    if len(train_blocks) == 0 or len(eval_blocks) == 0:
+        split = "train" if len(train_blocks) == 0 else "validation"
+        raise ValueError(
+            f"the {split} split ({len(posts[split])} posts) is shorter than one block of {config.block_size} tokens; "
+            "lower --block-size or give more posts"
+        )
+
+    # The card links a Hub id in its metadata; a local folder is only named in its text (the Hub cannot resolve
+    # it), so without --base-model the folder is passed as given.
+    base_model = config.base_model or str(config.model_dir)
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora_config = LoraConfig(
+            task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=list(config.target_modules), bias="none",
+        )
+        model = get_peft_model(model, lora_config)
+        if config.base_model:
+            # adapter_config.json (and the card PEFT writes beside it) then name the Hub model, not a local path,
+            # so `AutoPeftModelForCausalLM.from_pretrained` of the published adapter finds its base.
+            model.peft_config["default"].base_model_name_or_path = config.base_model
+
+    # Trainer sets config.use_cache to TrainingArguments.use_cache (False) for training; the saved model keeps
+    # the base model's setting, or it would run without its KV cache when called directly.
+    use_cache = getattr(model.config, "use_cache", None)
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        eval_strategy="no",  # evaluated explicitly before and after
+        save_strategy="no",  # the final model is saved below; no checkpoints to clean up
+        logging_steps=config.logging_steps,
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=config.disable_progress_bar,
+        use_cpu=not torch.accelerator.is_available(),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_blocks,
+        eval_dataset=eval_blocks,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        processing_class=tokenizer,
+    )
+
+    before = trainer.evaluate()
+    train_output = trainer.train()
+    after = trainer.evaluate()
+
+    lora_parameters = {id(p) for name, p in model.named_parameters() if "lora_" in name}
+    metrics = {
+        "eval_loss": after["eval_loss"],
+        "eval_perplexity": _perplexity(after["eval_loss"]),
+        "eval_loss_before": before["eval_loss"],
+        "eval_perplexity_before": _perplexity(before["eval_loss"]),
+        **train_output.metrics,
+        "parameters": sum(p.numel() for p in model.parameters() if id(p) not in lora_parameters),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "lora": config.lora,
+        "base_model": base_model,
+    }
+
+    if args.should_save:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if use_cache is not None:
+            model.config.use_cache = use_cache
+        if config.lora:
+            # adapter_config.json + adapter_model.safetensors. The vocabulary is never resized here, so the full
+            # embeddings need not be saved; saying so spares PEFT from asking the Hub for the base model's config.
+            model.save_pretrained(output_dir / "adapter", save_embedding_layers=False)
+            merged = model.merge_and_unload()  # W + (alpha / r) B A folded into each target: a plain model again
+            merged.save_pretrained(output_dir)
+        else:
+            trainer.save_model(str(output_dir))
+        tokenizer.save_pretrained(output_dir)
+        _drop_load_time_tokenizer_options(output_dir / "tokenizer_config.json")
+        (output_dir / "training_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        plot_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")
+        write_model_card(output_dir, base_model=base_model)
+    return metrics
+
+
+def _drop_load_time_tokenizer_options(path: Path) -> None:
+    """Remove `is_local` and `local_files_only` from a saved tokenizer_config.json: transformers records how the
+    tokenizer was loaded here (offline, from a folder), which says nothing about the model and would travel to
+    the Hub with it."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config, dict) and ("is_local" in config or "local_files_only" in config):
+        config.pop("is_local", None)
+        config.pop("local_files_only", None)
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+__all__ = ["DEFAULT_LORA_TARGET_MODULES", "FinetuneConfig", "finetune", "run_finetune", "check_target_modules",
+           "linear_module_names"]
