@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from huggingface_hub import ModelCard
 import torch
 from conftest import TINY_POSTS, run_without_postformer, save_tiny_model
 from safetensors.torch import load_file
@@ -106,6 +107,10 @@ def test_a_separable_labelling_is_learned_to_high_held_out_accuracy(trained):
     assert [per_label[t]["train"] for t in TOPICS] == [9] * 5 and [per_label[t]["support"] for t in TOPICS] == [3] * 5
     assert sum(row["predicted"] for row in per_label.values()) == 15
     assert json.loads((output / "metrics.json").read_text()) == metrics
+    card = ModelCard.load(output / "README.md")
+    assert card.data.pipeline_tag == "text-classification"
+    [result] = [r for r in card.data.eval_results if r.metric_type == "accuracy"]
+    assert result.metric_value == pytest.approx(metrics["eval_accuracy"])
 
 
 def test_the_saved_classifier_loads_back_and_classify_posts_agrees_with_the_trainer(trained):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 import torch
 from conftest import TINY_POSTS, save_tiny_model, tiny_config
 from safetensors import safe_open
@@ -108,6 +109,10 @@ def test_compressed_folder_loads_back_close_to_the_original(model_dir, posts_fil
     assert json.loads((out / "compression_report.json").read_text()) == json.loads(json.dumps(report))
     assert report["generation"]["tokens_per_second"]["before"] > 0
     assert report["generation"]["tokens_per_second"]["after"] > 0
+    card = ModelCard.load(out / "README.md")  # the card is the compressed model's, with its own results
+    assert "compressed" in card.data.tags
+    [result] = [r for r in card.data.eval_results if r.metric_type == "perplexity"]
+    assert result.metric_value == pytest.approx(after, rel=1e-6)
 
 
 def test_half_precision_halves_the_weights_and_int8_shrinks_the_linear_ones(model_dir, tmp_path):

@@ -31,6 +31,7 @@ from transformers import (
     set_seed,
 )
 
+from .hub_cards import write_model_card
 from .data import _SPLIT_NAMES, _format_of, _load_files, _split_files
 from .generation import TOKENIZER_FILES, WEIGHT_FILES
 from .modeling import PostformerForSequenceClassification
@@ -495,6 +496,7 @@ def train_classifier(
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         with open(output_dir / "eval_predictions.jsonl", "w", encoding="utf-8") as file:
             file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        write_model_card(output_dir, base_model=str(model_dir))
     return metrics
 
 

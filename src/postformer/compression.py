@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from .hub_cards import write_model_card
 from .generation import WEIGHT_FILES, check_model_dir, load_model_and_tokenizer
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -329,6 +330,7 @@ def compress_model(
                      "torchao": _version("torchao") if int8 else None},
     }
     (target / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_model_card(target, base_model=str(source))  # replaces the source's card, copied above
     return report
 
 
