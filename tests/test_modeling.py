@@ -162,6 +162,30 @@ def test_rotary_and_relative_positions_are_shift_invariant_absolute_ones_are_not
         assert same == invariant, overrides
 
 
+def test_rotary_tables_and_the_joint_query_key_rotation_equal_llamas_rope():
+    """The precomputed cos/sin tables and the one-pass rotation of queries and keys (a speed-up) give what
+    transformers' Llama rotary embedding and apply_rotary_pos_emb give."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    from postformer.modeling.modeling_postformer import PostformerRotaryEmbedding, apply_rotary
+
+    config = tiny_config(position_embedding_type="rope", rope_theta=500.0)
+    llama = LlamaRotaryEmbedding(LlamaConfig(hidden_size=32, num_attention_heads=4, rope_theta=500.0,
+                                             max_position_embeddings=64))
+    ours = PostformerRotaryEmbedding(config)
+    position_ids = torch.tensor([[0, 1, 5, 63], [3, 3, 10, 40]])
+    x = torch.zeros(1)
+    cos, sin = ours(x, position_ids)
+    llama_cos, llama_sin = llama(x, position_ids)
+    torch.testing.assert_close(cos, llama_cos, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin, llama_sin, rtol=0, atol=1e-6)
+    q, k = torch.randn(2, 4, 4, 8), torch.randn(2, 2, 4, 8)
+    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos, sin)
+    rotated = apply_rotary(torch.cat([q, k], dim=1), cos, sin)
+    torch.testing.assert_close(rotated, torch.cat([expected_q, expected_k], dim=1), rtol=0, atol=0)
+
+
 def test_relative_attention_matches_shaw_formula_written_out():
     config = tiny_config(use_relative_position=True, position_embedding_type="none", max_relative_position=3)
     attention = PostformerAttention(config, layer_idx=0).eval()

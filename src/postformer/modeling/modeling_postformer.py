@@ -26,7 +26,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
@@ -40,23 +40,35 @@ from .configuration_postformer import PostformerConfig
 
 
 class PostformerRotaryEmbedding(nn.Module):
-    """RoPE (Su et al.): cos/sin tables that rotate query and key pairs by an angle proportional to position."""
+    """RoPE (Su et al.): cos/sin tables that rotate query and key pairs by an angle proportional to position.
+
+    The tables cover every position up to max_position_embeddings and are computed once: a forward pass (and
+    each decoding step) only looks its positions up instead of recomputing cos and sin.
+    """
 
     def __init__(self, config: PostformerConfig):
         super().__init__()
         self.config = config
-        self.inv_freq = nn.Buffer(self.compute_inv_freq(config), persistent=False)
+        cos, sin = self.compute_tables(config)
+        self.cos = nn.Buffer(cos, persistent=False)
+        self.sin = nn.Buffer(sin, persistent=False)
 
     @staticmethod
-    def compute_inv_freq(config: PostformerConfig) -> torch.Tensor:
+    def compute_tables(config: PostformerConfig) -> tuple[torch.Tensor, torch.Tensor]:
         dim = config.head_dim
-        return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device)
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        freqs = torch.arange(config.max_position_embeddings, dtype=torch.int64).float()[:, None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        return emb.cos(), emb.sin()
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[position_ids].to(x.dtype), self.sin[position_ids].to(x.dtype)
+
+
+def apply_rotary(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (batch, heads, seq, head_dim) states by their positions' angles (cos/sin: (batch, seq, head_dim))."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return states * cos + rotate_half(states) * sin
 
 
 class PostformerSinusoidalEmbedding(nn.Module):
@@ -182,12 +194,10 @@ class PostformerAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         qkv = self.qkv_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
-        query_states, key_states, value_states = qkv.split(
-            [self.num_heads, self.num_key_value_heads, self.num_key_value_heads], dim=1
-        )
-        if position_embeddings is not None:  # rotary positions
-            cos, sin = position_embeddings
-            query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        query_and_key, value_states = qkv.split([self.num_heads + self.num_key_value_heads, self.num_key_value_heads], 1)
+        if position_embeddings is not None:  # rotary positions: queries and keys rotated in one pass
+            query_and_key = apply_rotary(query_and_key, *position_embeddings)
+        query_states, key_states = query_and_key.split([self.num_heads, self.num_key_value_heads], dim=1)
 
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
@@ -303,7 +313,9 @@ class PostformerPreTrainedModel(PreTrainedModel):
         else:
             super()._init_weights(module)
         if isinstance(module, PostformerRotaryEmbedding):
-            init.copy_(module.inv_freq, module.compute_inv_freq(module.config))
+            cos, sin = module.compute_tables(module.config)
+            init.copy_(module.cos, cos)
+            init.copy_(module.sin, sin)
         elif isinstance(module, PostformerSinusoidalEmbedding):
             init.copy_(module.table, module.compute_table(module.config))
 
