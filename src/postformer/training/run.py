@@ -15,10 +15,11 @@ import torch
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, TrainingArguments, set_seed
 
 from ..data import load_posts
+from ..hub_cards import write_model_card
 from ..modeling import PostformerConfig, PostformerForCausalLM
 from ..tokenization import config_token_ids, train_tokenizer
 from .data import pack_posts, tokens_per_character
-from .trainer import PostformerTrainer, SampleGenerationCallback
+from .trainer import PostformerTrainer, SampleGenerationCallback, staged_save, write_atomically
 
 SAMPLE_PROMPTS = ["Breaking news:", "Happy birthday to", "We are proud to announce", "Watch:"]
 MODEL_FIELDS = (
@@ -98,8 +99,9 @@ class TrainingConfig:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint: Trainer writes trainer_state.json last, so a checkpoint interrupted
-    while being written has none and is skipped."""
+    """The newest complete checkpoint. PostformerTrainer writes each one under a temporary name
+    (`.tmp-checkpoint-N/`, never matched here) and renames it to checkpoint-N once complete; trainer_state.json,
+    written last, is checked as well for checkpoints written by plain Trainer, which writes in place."""
     found = []
     for path in output_dir.glob("checkpoint-*"):
         match = re.fullmatch(r"checkpoint-(\d+)", path.name)
@@ -192,7 +194,8 @@ def train(config: TrainingConfig) -> dict:
         model_config = build_model_config(config, tokenizer)
         tokenizer.model_max_length = model_config.max_position_embeddings
         if args.should_save:
-            tokenizer.save_pretrained(output_dir)
+            with staged_save(output_dir) as staging:  # a killed save leaves no half tokenizer to reuse
+                tokenizer.save_pretrained(staging)
     with args.main_process_first(desc="tokenising posts"):
         train_blocks = pack_posts(posts["train"], tokenizer, config.block_size)
         eval_blocks = pack_posts(posts["validation"], tokenizer, config.block_size)
@@ -223,7 +226,8 @@ def train(config: TrainingConfig) -> dict:
         callbacks=[SampleGenerationCallback(tokenizer, config.sample_prompts)],
     )
     if args.should_save:
-        (output_dir / "training_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        text = json.dumps(dataclasses.asdict(config), indent=2) + "\n"
+        write_atomically(output_dir / "training_config.json", lambda tmp: tmp.write_text(text))
 
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = {**train_output.metrics, **final_evaluation(trainer)}
@@ -231,8 +235,9 @@ def train(config: TrainingConfig) -> dict:
     if args.should_save:
         trainer.save_model(str(output_dir))  # safetensors, config with auto_map, source files, generation config
         trainer.save_state()
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_atomically(output_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
         plot_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")
+        write_model_card(output_dir)  # README.md with Hub metadata, from the files written above
     return metrics
 
 

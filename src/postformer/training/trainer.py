@@ -3,18 +3,26 @@
 - evaluation reports perplexity and bits per character next to the loss;
 - training logs report tokens/second and model-FLOP utilisation against the machine's measured matmul peak;
 - a non-finite loss stops training with a clear error, before anything is saved from the bad step;
-- weight decay applies to matrices only (not to norms, biases or embeddings).
+- weight decay applies to matrices only (not to norms, biases or embeddings);
+- checkpoints and saved models are whole or absent (see "Saving" below), and nothing is pickled but the
+  optimizer, scheduler and RNG states that resuming needs (and loads with `torch.load(weights_only=True)`).
 Sample generations at each evaluation come from `SampleGenerationCallback`.
 """
 
 import json
 import math
+import os
+import shutil
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 
 class NonFiniteLossError(RuntimeError):
@@ -49,6 +57,90 @@ def flops_per_token(model: nn.Module, sequence_length: int) -> float:
     return 6 * n_params + 12 * config.num_hidden_layers * config.hidden_size * sequence_length
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Saving: whole or absent. Everything is written under a temporary name (PARTIAL_PREFIX) in the folder it is
+# meant for, synced, then renamed into place: a rename within one file system is atomic, so a process killed at
+# any moment leaves the previous file or folder, or the new one, never part of one. Whatever a killed process
+# left under the prefix is removed by the next `PostformerTrainer.train` (or the next save of the same kind).
+
+PARTIAL_PREFIX = ".tmp-"  # reserved in output folders: entries with it are unfinished saves
+
+
+def _fsync(path: str | Path) -> None:
+    """Flush a file (or a folder's entries) to disk, so that a rename done after it never reaches the disk
+    before the data it names (after a power cut, not only a killed process). Folders cannot be opened on
+    Windows and some file systems refuse to sync them: skipped, as there is nothing better to do."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: str | Path) -> None:
+    for root, _, files in os.walk(folder):
+        for name in files:
+            _fsync(os.path.join(root, name))
+        _fsync(root)
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` writes the file under a temporary name beside `path`, which then replaces `path`."""
+    path = Path(path)
+    tmp = path.with_name(PARTIAL_PREFIX + path.name)
+    write(tmp)
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+@contextmanager
+def staged_save(folder: str | Path, main_process: bool = True):
+    """Yield a temporary folder inside `folder` to save files into; on success, move them into `folder`.
+
+    Each file is renamed into place (whole, replacing any old one); config.json goes last, and an old one is
+    removed first, so a folder with a config.json holds a complete model of one save. Other processes (not
+    `main_process`) get the same path, to take part in collective saves, and publish nothing.
+    """
+    folder = Path(folder)
+    staging = folder / f"{PARTIAL_PREFIX}save"
+    if main_process:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed save
+        staging.mkdir(parents=True)
+    yield staging
+    if not main_process:
+        return
+    _fsync_tree(staging)
+    entries = sorted(staging.iterdir(), key=lambda entry: (entry.name == "config.json", entry.name))
+    if entries and entries[-1].name == "config.json":
+        (folder / "config.json").unlink(missing_ok=True)
+    for entry in entries:
+        target = folder / entry.name
+        if entry.is_dir() and target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    _fsync(folder)
+    staging.rmdir()
+
+
+def remove_partial_saves(folder: str | Path) -> list[str]:
+    """Remove what killed saves left in `folder` (names starting with PARTIAL_PREFIX); return their names."""
+    folder = Path(folder)
+    removed = sorted(p.name for p in folder.glob(PARTIAL_PREFIX + "*")) if folder.is_dir() else []
+    for name in removed:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
+
+
 class PostformerTrainer(Trainer):
     """A `transformers.Trainer` for Postformer language models.
 
@@ -58,6 +150,7 @@ class PostformerTrainer(Trainer):
     """
 
     def __init__(self, *args, tokens_per_character: float | None = None, peak_flops: float | None = None, **kwargs):
+        self._staging = None  # while a checkpoint is saved: the temporary folder it goes into (see _save_checkpoint)
         super().__init__(*args, **kwargs)
         self.tokens_per_character = tokens_per_character
         self.peak_flops = peak_flops
@@ -101,6 +194,78 @@ class PostformerTrainer(Trainer):
                 logs["mfu"] = tokens_per_second * flops / self.peak_flops
             self._last_log = (now, seen)
         super().log(logs, start_time)
+
+    # ---- Saving: whole or absent (see `staged_save`) ----
+
+    def train(self, *args, **kwargs):
+        if self.args.should_save:
+            remove_partial_saves(self.args.output_dir)
+        self.accelerator.wait_for_everyone()  # no process starts saving before the leftovers are gone
+        return super().train(*args, **kwargs)
+
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return run_dir if self._staging is None else os.path.join(run_dir, self._staging)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, written into `.tmp-checkpoint-N/checkpoint-N` and renamed to `checkpoint-N` once
+        complete.
+
+        Trainer itself writes straight into `checkpoint-N` (trainer_state.json last), then deletes the oldest
+        checkpoints beyond save_total_limit. Here `_get_output_dir` points it at the temporary folder while it
+        saves (so its own rotation there finds only this checkpoint and deletes nothing); rotation runs after the
+        rename, so old checkpoints are only deleted once the new one is in place.
+        """
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        run_dir = self._get_output_dir(trial)
+        self._staging = PARTIAL_PREFIX + name
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, FSDP shards)
+        if self.args.should_save:
+            staging = os.path.join(run_dir, PARTIAL_PREFIX + name)
+            written, final = os.path.join(staging, name), os.path.join(run_dir, name)
+            if self.state.best_model_checkpoint == written:  # Trainer noted where it wrote the best checkpoint
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(written, TRAINER_STATE_NAME))
+            _fsync_tree(written)
+            if os.path.exists(final):  # this step saved by an earlier attempt (resumed from an older checkpoint)
+                os.replace(final, os.path.join(staging, "replaced"))
+            os.replace(written, final)
+            _fsync(run_dir)
+            shutil.rmtree(staging)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,  # as Trainer
+            )
+        self.accelerator.wait_for_everyone()  # no process looks for checkpoint-N before it is in place
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if self._staging is not None:  # part of a checkpoint, whose whole folder is already temporary
+            return super().save_model(output_dir, _internal_call)
+        with staged_save(output_dir or self.args.output_dir, main_process=self.args.should_save) as staging:
+            super().save_model(str(staging), _internal_call=True)  # True: no Hub push before the files are in place
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            # Trainer also pickles the TrainingArguments into training_args.bin "for reference". Nothing loads it
+            # (resuming reads trainer_state.json, the weights, and optimizer/scheduler/RNG states), and opening a
+            # pickle can run code, so it is replaced by the same arguments as JSON (tokens redacted).
+            folder = Path(output_dir or self.args.output_dir)
+            (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+            (folder / "training_args.json").write_text(self.args.to_json_string() + "\n", encoding="utf-8")
+
+    def save_state(self) -> None:
+        if self.is_world_process_zero():
+            path = Path(self.args.output_dir, TRAINER_STATE_NAME)
+            write_atomically(path, lambda tmp: self.state.save_to_json(str(tmp)))
 
 
 class SampleGenerationCallback(TrainerCallback):
