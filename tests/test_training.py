@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+from huggingface_hub import ModelCard
 import torch
 from conftest import run_without_postformer, tiny_config
 from safetensors.torch import load_file
@@ -63,6 +64,9 @@ def test_tiny_run_writes_a_hub_ready_folder(tiny_run):
     config = json.loads((output / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_postformer.PostformerForCausalLM"
     assert (config["vocab_size"], config["pad_token_id"], config["eos_token_id"], config["sep_token_id"]) == (300, 0, 2, 3)
+    assert config["use_cache"] is True  # Trainer turns it off for training; the saved model generates with it
+    card = ModelCard.load(output / "README.md")
+    assert card.data.pipeline_tag == "text-generation" and card.data.license == "mit"
     assert json.loads((output / "generation_config.json").read_text())["eos_token_id"] == [2, 3]
     samples = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
     assert {s["step"] for s in samples} >= {20, 40, 60} and all(s["prompt"] == "Breaking news:" for s in samples)

@@ -233,6 +233,7 @@ def train(config: TrainingConfig) -> dict:
     metrics = {**train_output.metrics, **final_evaluation(trainer)}
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
     if args.should_save:
+        model.config.use_cache = True  # Trainer turned the cache off for training; generation wants it
         trainer.save_model(str(output_dir))  # safetensors, config with auto_map, source files, generation config
         trainer.save_state()
         write_atomically(output_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
