@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._text import check_text
+
 __all__ = ["AttentionMaps", "attention_weights", "plot_attention", "token_labels"]
 
 
@@ -175,6 +177,7 @@ def attention_weights(model, tokenizer, text: str) -> AttentionMaps:
         raise TypeError(f"text must be a string, got {type(text).__name__}")
     if not text:
         raise ValueError("text is empty: give the post whose attention to show")
+    check_text(text, "text")
     # verbose=False: the length check below gives the model's limit, not the tokenizer's model_max_length.
     token_ids = [int(i) for i in tokenizer(text, verbose=False)["input_ids"]]
     limit = getattr(model.config, "max_position_embeddings", None)

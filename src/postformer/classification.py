@@ -24,17 +24,18 @@ import numpy as np
 import torch
 from transformers import (
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
     set_seed,
 )
 
+from ._text import check_text
 from .hub_cards import write_model_card
 from .data import _SPLIT_NAMES, _format_of, _load_files, _split_files
 from .generation import TOKENIZER_FILES, WEIGHT_FILES
-from .modeling import PostformerForSequenceClassification
+from .model_files import check_vocab, check_weights, check_writable, load_config, load_tokenizer, saving
+from .modeling import PostformerForCausalLM, PostformerForSequenceClassification
 
 MAX_LISTED_ROWS = 10  # rows named in an error message; the count is always given in full
 
@@ -132,7 +133,7 @@ def _sorted_labels(names) -> list[str]:
         return sorted(names)
 
 
-def _read_labelled_files(path: Path) -> tuple[datasets.DatasetDict, dict[str, str]]:
+def _read_labelled_files(path: Path, on_bad_lines: str = "error") -> tuple[datasets.DatasetDict, dict[str, str]]:
     """The splits of `path` as loaded (all columns), and per split the file it came from (for messages)."""
     if path.is_dir() and any((path / n).exists() for n in ("dataset_dict.json", "dataset_info.json", "state.json")):
         loaded = datasets.load_from_disk(str(path))
@@ -156,7 +157,7 @@ def _read_labelled_files(path: Path) -> tuple[datasets.DatasetDict, dict[str, st
             f"{', '.join(plain)}: plain text has no label column; give labelled posts as JSONL, CSV or TSV with a "
             "text and a label column"
         )
-    return _load_files(files), {split: str(file) for split, file in files.items()}
+    return _load_files(files, on_bad_lines=on_bad_lines), {split: str(file) for split, file in files.items()}
 
 
 def load_labelled_posts(
@@ -165,6 +166,7 @@ def load_labelled_posts(
     label_field: str = "label",
     validation_fraction: float = 0.1,
     seed: int = 0,
+    on_bad_lines: str = "error",
 ) -> LabelledPosts:
     """Read labelled posts: a .jsonl/.json/.csv/.tsv file, a folder of such files named train/validation/test
     (as `postformer.data.load_posts` reads them), or a folder written by `datasets`' `save_to_disk`.
@@ -174,7 +176,8 @@ def load_labelled_posts(
     which rows), when the train split has fewer than 2 distinct labels or a held-out split has labels that the
     train split lacks, and when there are no posts. Without a validation split in the data, a deterministic
     stratified `validation_fraction` of train (shuffled with `seed`, at least one post of each label kept
-    for training) becomes one.
+    for training) becomes one. Malformed JSON lines and CSV rows are a ValueError naming the file and line, or
+    skipped with a warning when on_bad_lines="skip" (see `postformer.data.load_posts`).
     """
     if data is None:
         raise ValueError("no labelled data given: pass a file or folder of posts with a text and a label column")
@@ -183,7 +186,7 @@ def load_labelled_posts(
         raise FileNotFoundError(f"labelled posts not found: {path}")
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must be between 0 and 1 (exclusive), got {validation_fraction!r}")
-    loaded, sources = _read_labelled_files(path)
+    loaded, sources = _read_labelled_files(path, on_bad_lines)
     if "train" not in loaded:
         raise ValueError(f"no train split in {path}: found splits {sorted(loaded)}")
 
@@ -299,7 +302,8 @@ def _is_classifier(config: dict) -> bool:
 
 
 def _classifier_tokenizer(path: Path, model_config):
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
+    check_vocab(tokenizer, model_config, path)
     tokenizer.padding_side = "right"  # see the module docstring
     tokenizer.model_max_length = min(tokenizer.model_max_length, model_config.max_position_embeddings)
     return tokenizer
@@ -314,6 +318,7 @@ def init_classifier(model_dir, labels: list[str]):
             f"{str(path)!r} holds a sequence classifier ({', '.join(config['architectures'])}), not a language "
             "model: classify-train starts from a language model folder (written by `postformer train`)"
         )
+    check_weights(path, load_config(path), PostformerForCausalLM)  # a damaged folder, named, before training
     model = PostformerForSequenceClassification.from_pretrained(
         path,
         num_labels=len(labels),
@@ -335,7 +340,9 @@ def load_classifier(model_dir):
             f"the model in {str(path)!r} is a {kind}, not a sequence classifier; train one from it with "
             f"`postformer classify-train --model {path} --data LABELLED_POSTS --output-dir OUT`"
         )
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    model_config = load_config(path)
+    check_weights(path, model_config, PostformerForSequenceClassification)
+    model = AutoModelForSequenceClassification.from_pretrained(path, config=model_config).eval()
     return model, _classifier_tokenizer(path, model.config)
 
 
@@ -359,6 +366,7 @@ def _check_output_dir(output_dir: Path) -> None:
         raise FileExistsError(
             f"output folder {output_dir} already holds a model; nothing was overwritten. Choose another --output-dir"
         )
+    check_writable(output_dir)
 
 
 def _report(labels: list[str], y_true, y_pred, train_counts: Counter) -> dict:
@@ -391,6 +399,7 @@ def train_classifier(
     weight_decay: float = 0.01,
     warmup_fraction: float = 0.1,
     disable_progress_bar: bool = False,
+    on_bad_lines: str = "error",
 ) -> dict:
     """Fine-tune the language model in `model_dir` into a classifier of the posts in `data`; save it to
     `output_dir` and return its metrics (also written to `output_dir/metrics.json`).
@@ -414,7 +423,7 @@ def train_classifier(
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
     _model_folder_config(model_dir)  # a wrong folder is reported before the data is read
-    posts = load_labelled_posts(data, text_field, label_field, validation_fraction, seed)
+    posts = load_labelled_posts(data, text_field, label_field, validation_fraction, seed, on_bad_lines)
 
     set_seed(seed)  # the new head's initial weights depend on the seed alone
     model, tokenizer = init_classifier(model_dir, posts.labels)
@@ -492,10 +501,11 @@ def train_classifier(
     )
 
     if args.should_save:
-        trainer.save_model(str(output_dir))  # safetensors, config with labels and auto_map, source files, tokenizer
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        with open(output_dir / "eval_predictions.jsonl", "w", encoding="utf-8") as file:
-            file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        with saving(output_dir, "the classifier") as staging:  # all or nothing: a failed save leaves no half model
+            trainer.save_model(str(staging))  # safetensors, config with labels and auto_map, source files, tokenizer
+            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            with open(staging / "eval_predictions.jsonl", "w", encoding="utf-8") as file:
+                file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
         write_model_card(output_dir, base_model=str(model_dir))
     return metrics
 
@@ -512,6 +522,7 @@ def _check_texts(texts, batch_size) -> None:
     for index, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"post {index} is empty or not a string: {text!r}")
+        check_text(text, f"post {index}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 

@@ -1,13 +1,17 @@
 """`postformer` command line: a thin layer over functions the tests call directly.
 
 Each subcommand parses its flags and calls one function. Errors that name a problem in the user's input
-(ValueError, FileNotFoundError, ...) are printed as one line, without a traceback, and exit with status 2.
+(ValueError, FileNotFoundError, ...) are printed as one line, without a traceback, and exit with status 2; so is
+running out of disk space (postformer.model_files.DiskFullError, or any write that fails with ENOSPC). Warnings
+of postformer's own (skipped malformed lines, unknown config.json fields) are printed as one line
+"postformer COMMAND: warning: ...".
 """
 
 import argparse
 import json
 import os
 import sys
+import warnings
 
 from .training.trainer import NonFiniteLossError
 
@@ -23,6 +27,7 @@ def _train_tokenizer(args):
         normalize=args.normalize,
         model_max_length=args.model_max_length,
         show_progress=not args.quiet,
+        on_bad_lines=_on_bad_lines(args),
     )
     print(format_report(report))
     print(f"tokenizer and tokenizer_report.json written to {args.output_dir}")
@@ -38,10 +43,16 @@ def _read_prompts(args) -> list[str]:
     if args.prompts:
         return list(args.prompts)
     if args.prompts_file:
-        with open(args.prompts_file, encoding="utf-8") as file:
-            text, empty = file.read(), f"prompts file {args.prompts_file!r} holds no prompts"
+        from .data import read_text
+
+        text = read_text(args.prompts_file, "prompts file")
+        empty = f"prompts file {args.prompts_file!r} holds no prompts"
     elif sys.stdin is not None and not sys.stdin.isatty():
-        text, empty = sys.stdin.read(), "no prompts on standard input"
+        try:
+            text, empty = sys.stdin.read(), "no prompts on standard input"
+        except UnicodeDecodeError as error:
+            raise ValueError(f"standard input is not {error.encoding} text: byte 0x{error.object[error.start]:02x} "
+                             f"cannot be decoded ({error.reason}); give prompts as UTF-8") from None
     else:
         return [""]
     prompts = [line for line in text.splitlines() if line.strip()]
@@ -136,7 +147,11 @@ def _posts_from_data(args) -> list[str]:
 
     if args.max_posts is not None and args.max_posts < 1:
         raise ValueError(f"--max-posts must be at least 1, got {args.max_posts}")
-    return load_posts_split(args.data, args.text_field, args.split)[: args.max_posts]
+    return load_posts_split(args.data, args.text_field, args.split, _on_bad_lines(args))[: args.max_posts]
+
+
+def _on_bad_lines(args) -> str:
+    return "skip" if getattr(args, "skip_bad_lines", False) else "error"
 
 
 def _evaluate(args):
@@ -189,6 +204,7 @@ def _compress(args):
         data=args.data,
         text_field=args.text_field,
         max_posts=args.max_posts,
+        on_bad_lines=_on_bad_lines(args),
     )
     print(format_report(report))
     print(f"model, tokenizer and compression_report.json written to {args.output_dir}")
@@ -210,6 +226,7 @@ def _classify_train(args):
         batch_size=args.batch_size,
         validation_fraction=args.validation_fraction,
         seed=args.seed,
+        on_bad_lines=_on_bad_lines(args),
     )
     if args.json:
         print(json.dumps(metrics, ensure_ascii=False, indent=2))
@@ -232,8 +249,9 @@ def _classify(args):
     if args.texts and args.file:
         raise ValueError("give posts as arguments or with --file, not both")
     if args.file:
-        with open(args.file, encoding="utf-8") as file:
-            texts = [line for line in file.read().splitlines() if line.strip()]
+        from .data import read_text
+
+        texts = [line for line in read_text(args.file, "posts file").splitlines() if line.strip()]
         if not texts:
             raise ValueError(f"file {args.file!r} holds no posts (expected one post per line)")
     elif args.texts:
@@ -298,7 +316,7 @@ def _finetune(args):
         lora_dropout=args.lora_dropout, target_modules=args.target_modules, epochs=args.epochs,
         max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
         block_size=args.block_size, seed=args.seed, base_model=args.base_model, text_field=args.text_field,
-        disable_progress_bar=args.quiet,
+        disable_progress_bar=args.quiet, on_bad_lines=_on_bad_lines(args),
     )
     keys = ("eval_loss_before", "eval_loss", "eval_perplexity_before", "eval_perplexity", "train_runtime",
             "trainable_parameters", "parameters")
@@ -324,10 +342,17 @@ def _add_posts_flags(parser: argparse.ArgumentParser, default: str) -> None:
                         f"or a datasets folder (default: {default})")
     parser.add_argument("--split", default="validation", help="split of a folder to use (default: validation)")
     parser.add_argument("--text-field", default="text", help="column holding the post text (default: text)")
+    _add_skip_bad_lines_flag(parser)
     parser.add_argument("--max-posts", type=int, help="use only the first N posts")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
     parser.add_argument("--stride", type=int, help="sliding-window step for posts longer than the context "
                         "(default: half the context)")
+
+
+def _add_skip_bad_lines_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-bad-lines", action="store_true", help="skip malformed JSON lines and CSV rows "
+                        "(and posts that are not text) with a warning giving their count, instead of stopping at the "
+                        "first with an error naming its line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--data", help="posts: .jsonl/.csv/.txt file, folder of split files or a datasets folder "
                      "(default: the bundled sample)")
     tok.add_argument("--text-field", default="text", help="column holding the post text (default: text)")
+    _add_skip_bad_lines_flag(tok)
     tok.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size (default: 8192)")
     tok.add_argument("--output-dir", required=True, help="folder to write tokenizer.json and its config to")
     tok.add_argument("--normalize", action="store_true", help="map URLs to <url> and @mentions to <user>")
@@ -399,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--output-dir", required=True, help="folder to write the classifier to (must not hold a model)")
     ct.add_argument("--text-field", default="text", help="column holding the post (default: text)")
     ct.add_argument("--label-field", default="label", help="column holding the label (default: label)")
+    _add_skip_bad_lines_flag(ct)
     ct.add_argument("--epochs", type=float, default=3.0, help="passes over the train split (default: 3)")
     ct.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
     ct.add_argument("--batch-size", type=int, default=16, help="posts per step (default: 16)")
@@ -437,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "validation split (default: the bundled sample's validation split)")
     cmp.add_argument("--text-field", default="text", help="column holding the post text (default: text)")
     cmp.add_argument("--max-posts", type=int, help="measure perplexity on the first N posts only")
+    _add_skip_bad_lines_flag(cmp)
     cmp.add_argument("--json", action="store_true", help="also print the report as JSON")
     cmp.set_defaults(func=_compress)
 
@@ -482,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "datasets folder")
     ft.add_argument("--output-dir", required=True, help="folder to write the fine-tuned model to (must hold no model)")
     ft.add_argument("--text-field", default="text", help="column holding the post text (default: text)")
+    _add_skip_bad_lines_flag(ft)
     ft.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every weight")
     ft.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
     ft.add_argument("--lora-alpha", type=int, default=16, help="LoRA scale numerator: scale = alpha / r (default: 16)")
@@ -520,13 +549,38 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
                NonFiniteLossError, ConnectionError)
 
 
+def _show_warning(command: str, show_default):
+    """Warnings of postformer's own classes (skipped lines, unknown config fields) as one line, like errors."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.split(".")[0] == "postformer":
+            print(f"postformer {command}: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            show_default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except USER_ERRORS as error:
-        print(f"postformer {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # restores warnings.showwarning afterwards
+        warnings.showwarning = _show_warning(args.command, warnings.showwarning)
+        try:
+            args.func(args)
+        except USER_ERRORS as error:
+            print(f"postformer {args.command}: error: {error}", file=sys.stderr)
+            return 2
+        except Exception as error:
+            from .model_files import DiskFullError, is_disk_full
+
+            if not is_disk_full(error):
+                raise
+            # Saves that stage their files say what and where (DiskFullError); any other write says so here.
+            where = f" while writing {error.filename}" if getattr(error, "filename", None) else ""
+            message = error if isinstance(error, DiskFullError) else (
+                f"no space left on device{where}; free some space and run again (the error was: {error})")
+            print(f"postformer {args.command}: error: {message}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -53,6 +53,7 @@ from torch.nn.utils import prune as torch_prune
 
 from .hub_cards import write_model_card
 from .generation import WEIGHT_FILES, check_model_dir, load_model_and_tokenizer
+from .model_files import check_writable, saving
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 PRUNE_SCOPES = ("global", "layer")
@@ -212,12 +213,15 @@ def _measure(model, tokenizer, texts, batch_size, new_tokens, repeats) -> dict:
             "tokens_per_second": generation_speed(model, tokenizer, new_tokens, repeats)}
 
 
-def _copy_other_files(source: Path, target: Path) -> list[str]:
+def _copy_other_files(source: Path, target: Path, keep: Path | None = None) -> list[str]:
     """Copy the files of `source` that saving did not write (training config and metrics, loss curve, model
-    card, ...) beside the compressed model, for provenance; never weights. Their names."""
+    card, ...) beside the compressed model, for provenance; never weights, nor a file `keep` (the folder the
+    files will be moved to) already holds. Their names."""
     copied = []
     for path in sorted(source.iterdir()):
         if not path.is_file() or (target / path.name).exists() or path.name == REPORT_FILE:
+            continue
+        if keep is not None and (keep / path.name).exists():
             continue
         if any(path.match(pattern) for pattern in _WEIGHT_PATTERNS):
             continue
@@ -239,6 +243,7 @@ def compress_model(
     batch_size: int = 8,
     new_tokens: int = 32,
     speed_repeats: int = 3,
+    on_bad_lines: str = "error",
 ) -> dict:
     """Compress the model folder `model_dir` into the new model folder `output_dir`; return the report, also
     written there as compression_report.json.
@@ -257,7 +262,9 @@ def compress_model(
 
     Raises ValueError for bad options, when no step is asked for or when the model is already quantised,
     FileNotFoundError (or ValueError) when `model_dir` is not a model folder, FileExistsError when `output_dir`
-    already holds a model, MissingDependencyError (an ImportError) for int8 without torchao.
+    already holds a model, PermissionError when it cannot be written, MissingDependencyError (an ImportError)
+    for int8 without torchao. The model is saved all or nothing: when saving fails (a DiskFullError when the
+    device is full), `output_dir` keeps what it held. `on_bad_lines`: as for `postformer.data.load_posts`.
     """
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype: unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -280,12 +287,13 @@ def compress_model(
         raise FileExistsError(
             f"output folder {str(target)!r} already holds a model; choose a new or empty folder"
         )
+    check_writable(target)
     if int8:
         _torchao()  # fail now, not after the measurements
 
     from .data import load_posts_split
 
-    texts = load_posts_split(data, text_field, "validation")[:max_posts]
+    texts = load_posts_split(data, text_field, "validation", on_bad_lines)[:max_posts]
     model, tokenizer = load_model_and_tokenizer(source)
     before = _measure(model, tokenizer, texts, batch_size, new_tokens, speed_repeats)
     before_sparsity = sparsity(model)
@@ -296,10 +304,10 @@ def compress_model(
         to_dtype(model, dtype)
     if int8:
         model = quantize_int8(model)
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    copied = _copy_other_files(source, target)
+    with saving(target, "the compressed model") as staging:  # all or nothing: a failed save leaves no half model
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        copied = _copy_other_files(source, staging, keep=target)
     del model
 
     model, tokenizer = load_model_and_tokenizer(target)  # what users will get

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ._text import check_text
+
 
 @dataclass
 class _Window:
@@ -47,6 +49,8 @@ def _check_options(texts, batch_size, stride, context):
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
         raise ValueError(f"{len(empty)} empty post(s) (first at index {empty[0]}): every post needs some text")
+    for index, text in enumerate(texts):
+        check_text(text, f"post {index}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not isinstance(stride, int) or not 1 <= stride <= context - 1:

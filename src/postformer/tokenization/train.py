@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from ..data import load_posts
+from ..model_files import check_writable, saving
 from .posts_tokenizer import train_tokenizer
 from .report import fertility_report
 
@@ -18,10 +19,14 @@ def train_posts_tokenizer(
     normalize: bool = False,
     model_max_length: int = 512,
     show_progress: bool = True,
+    on_bad_lines: str = "error",
 ):
     """Train on the train split of `data` (the bundled sample when None), save to `output_dir` with a
-    `tokenizer_report.json`; return (tokenizer, report)."""
-    posts = load_posts(data, text_field=text_field)
+    `tokenizer_report.json`; return (tokenizer, report). `on_bad_lines`: as for `postformer.data.load_posts`.
+    The files are saved all or nothing: when saving fails (a DiskFullError when the device is full),
+    `output_dir` keeps what it held, a previous tokenizer included."""
+    check_writable(output_dir)
+    posts = load_posts(data, text_field=text_field, on_bad_lines=on_bad_lines)
     tokenizer = train_tokenizer(
         posts["train"]["text"],
         vocab_size=vocab_size,
@@ -33,6 +38,7 @@ def train_posts_tokenizer(
     report = fertility_report(tokenizer, posts["validation"]["text"])
     report.update(data=str(data) if data is not None else "bundled sample", normalize=normalize)
     output_dir = Path(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    with saving(output_dir, "the tokenizer") as staging:
+        tokenizer.save_pretrained(staging)
+        (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     return tokenizer, report

@@ -2,7 +2,8 @@
 
 `finetune(model_dir, data, output_dir, ...)` is what `postformer finetune` calls:
 
-1. `AutoModelForCausalLM.from_pretrained(model_dir)` and `AutoTokenizer.from_pretrained(model_dir)`;
+1. the model and tokenizer loaded with `postformer.generation.load_model_and_tokenizer(model_dir)` (which checks
+   the folder, then calls `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`);
 2. posts read with `postformer.data.load_posts`, tokenised and packed into blocks with `pack_posts`;
 3. optionally wrapped with PEFT LoRA adapters;
 4. trained by a plain `transformers.Trainer` (no custom loop), evaluated before and after on the validation split;
@@ -40,6 +41,7 @@ class FinetuneConfig:
     output_dir: str
     data: str | None = None  # None: the bundled posts sample
     text_field: str = "text"
+    on_bad_lines: str = "error"  # "skip": skip malformed JSON lines / CSV rows of `data`, with a warning
     base_model: str | None = None  # the base model's Hub id, for the model card; None: the local model_dir
     # LoRA
     lora: bool = False
@@ -83,7 +85,10 @@ def _check_config(config: FinetuneConfig) -> None:
 
 
 def _check_output_dir(model_dir: Path, output_dir: Path) -> None:
-    """Refuse to overwrite a model (or the base model itself); an empty or model-free folder is fine."""
+    """Refuse to overwrite a model (or the base model itself) or a folder that cannot be written; an empty or
+    model-free folder is fine."""
+    from ..model_files import check_writable
+
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"output folder {output_dir} is a file")
     if output_dir.resolve() == model_dir.resolve():
@@ -97,6 +102,7 @@ def _check_output_dir(model_dir: Path, output_dir: Path) -> None:
                 f"output folder {output_dir} already holds a model ({', '.join(held)}); nothing was overwritten. "
                 "Choose another --output-dir."
             )
+    check_writable(output_dir)
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -183,8 +189,6 @@ def finetune(
 def run_finetune(config: FinetuneConfig) -> dict:
     """`finetune` from a FinetuneConfig."""
     from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
         DataCollatorForLanguageModeling,
         Trainer,
         TrainingArguments,
@@ -192,8 +196,9 @@ def run_finetune(config: FinetuneConfig) -> dict:
     )
 
     from ..data import load_posts
-    from ..generation import check_model_dir
+    from ..generation import check_model_dir, load_model_and_tokenizer
     from ..hub_cards import write_model_card
+    from ..model_files import saving
     from .data import pack_posts
     from .run import plot_loss_curve
 
@@ -204,8 +209,7 @@ def run_finetune(config: FinetuneConfig) -> dict:
     learning_rate = config.learning_rate or (2e-4 if config.lora else 5e-5)
 
     set_seed(config.seed)  # LoRA's initial A matrices and dropout masks depend on the seed alone
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model, tokenizer = load_model_and_tokenizer(model_dir)  # a damaged folder is named before any work
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and config.block_size > context:
         raise ValueError(
@@ -215,7 +219,7 @@ def run_finetune(config: FinetuneConfig) -> dict:
         # Checked before any data is read, so a typo fails in seconds.
         check_target_modules(model, config.target_modules)
 
-    posts = load_posts(config.data, text_field=config.text_field, seed=config.seed)
+    posts = load_posts(config.data, text_field=config.text_field, seed=config.seed, on_bad_lines=config.on_bad_lines)
     if config.max_eval_posts is not None and len(posts["validation"]) > config.max_eval_posts:
         posts["validation"] = posts["validation"].select(range(config.max_eval_posts))
     train_blocks = pack_posts(posts["train"], tokenizer, config.block_size)
@@ -294,23 +298,26 @@ def run_finetune(config: FinetuneConfig) -> dict:
     }
 
     if args.should_save:
-        output_dir.mkdir(parents=True, exist_ok=True)
         if use_cache is not None:
             model.config.use_cache = use_cache
-        if config.lora:
-            # adapter_config.json + adapter_model.safetensors. The vocabulary is never resized here, so the full
-            # embeddings need not be saved; saying so spares PEFT from asking the Hub for the base model's config.
-            model.save_pretrained(output_dir / "adapter", save_embedding_layers=False)
-            merged = model.merge_and_unload()  # W + (alpha / r) B A folded into each target: a plain model again
-            merged.save_pretrained(output_dir)
-        else:
-            trainer.save_model(str(output_dir))
-        tokenizer.save_pretrained(output_dir)
-        _drop_load_time_tokenizer_options(output_dir / "tokenizer_config.json")
-        (output_dir / "training_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        plot_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")
-        write_model_card(output_dir, base_model=base_model)
+        # All or nothing: the files are written to a temporary folder inside output_dir and moved into place once
+        # all are written, so a failed save (disk full, ...) leaves output_dir as it was.
+        with saving(output_dir, "the fine-tuned model") as staging:
+            if config.lora:
+                # adapter_config.json + adapter_model.safetensors. The vocabulary is never resized here, so the
+                # full embeddings need not be saved; saying so spares PEFT from asking the Hub for the base
+                # model's config.
+                model.save_pretrained(staging / "adapter", save_embedding_layers=False)
+                merged = model.merge_and_unload()  # W + (alpha / r) B A folded into each target: a plain model
+                merged.save_pretrained(staging)
+            else:
+                trainer.save_model(str(staging))
+            tokenizer.save_pretrained(staging)
+            _drop_load_time_tokenizer_options(staging / "tokenizer_config.json")
+            (staging / "training_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            plot_loss_curve(trainer.state.log_history, staging / "loss_curve.png")
+        write_model_card(output_dir, base_model=base_model)  # after: the card names the folder
     return metrics
 
 
