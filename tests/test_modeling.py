@@ -465,3 +465,62 @@ def test_auto_classes_are_registered(tmp_path):
     assert isinstance(AutoModelForCausalLM.from_config(config), PostformerForCausalLM)
     assert isinstance(AutoModelForSequenceClassification.from_config(config), PostformerForSequenceClassification)
     assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification"}
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_training_loss_without_logits_equals_the_plain_loss_and_gradients(autocast):
+    """In train mode with labels the loss comes from LinearCrossEntropy (no logits tensor): loss and every
+    gradient equal those of the plain path (logits, then transformers' causal-LM loss)."""
+    from postformer.modeling.modeling_postformer import linear_cross_entropy
+
+    torch.manual_seed(0)
+    model = PostformerForCausalLM(tiny_config(vocab_size=300)).train()
+    ids = random_ids(3, 20, vocab=300)
+    labels = ids.clone()
+    labels[0, :5] = -100  # ignored tokens (padding, prompts) count neither in the sum nor in the mean
+
+    def loss_and_grads(fused: bool, **loss_kwargs):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if fused:
+                output = model(input_ids=ids, labels=labels, **loss_kwargs)
+                assert output.logits is None
+            else:
+                logits = model(input_ids=ids).logits
+                output = type("O", (), {"loss": model.loss_function(logits, labels, vocab_size=300, **loss_kwargs)})
+        output.loss.backward()
+        return output.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    tolerance = dict(rtol=2e-2, atol=2e-3) if autocast else dict(rtol=1e-4, atol=1e-6)
+    for loss_kwargs in ({}, {"num_items_in_batch": torch.tensor(100)}):
+        fused_loss, fused_grads = loss_and_grads(True, **loss_kwargs)
+        plain_loss, plain_grads = loss_and_grads(False, **loss_kwargs)
+        torch.testing.assert_close(fused_loss, plain_loss, **tolerance)
+        for name in plain_grads:
+            torch.testing.assert_close(fused_grads[name], plain_grads[name], **tolerance, msg=name)
+    # Without gradients (evaluation) it gives the same loss.
+    hidden = torch.randn(2, 7, 32)
+    weight = torch.randn(300, 32)
+    target = torch.randint(0, 300, (2, 7))
+    expected = torch.nn.functional.cross_entropy((hidden[:, :-1] @ weight.t()).reshape(-1, 300), target[:, 1:].reshape(-1))
+    torch.testing.assert_close(linear_cross_entropy(hidden, weight, target), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_mode_with_labels_returns_logits_and_the_same_loss():
+    torch.manual_seed(0)
+    model = PostformerForCausalLM(tiny_config())
+    ids = random_ids(2, 12)
+    train_loss = model.train()(input_ids=ids, labels=ids).loss
+    output = model.eval()(input_ids=ids, labels=ids)
+    assert output.logits is not None and output.logits.shape == (2, 12, 96)
+    torch.testing.assert_close(output.loss, train_loss.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_lm_head_without_gradients_equals_nn_linear():
+    """Inference computes the logits as (W h^T)^T, a faster BLAS layout: the same numbers as nn.Linear."""
+    model = PostformerForCausalLM(tiny_config())
+    hidden = torch.randn(3, 5, 32)
+    expected = torch.nn.functional.linear(hidden, model.lm_head.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(model.lm_head(hidden), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.lm_head(hidden), expected, rtol=0, atol=0)  # with gradients: nn.Linear itself
