@@ -116,7 +116,7 @@ def _train(args):
         return
     keys = ("eval_loss", "eval_perplexity", "eval_bits_per_character", "train_runtime", "parameters")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
-    print(f"model, tokenizer, metrics.json and loss_curve.png written to {config.output_dir}")
+    print(f"model, tokenizer, metrics.json, loss_curve.png and model card (README.md) written to {config.output_dir}")
 
 
 def _add_training_flags(parser: argparse.ArgumentParser) -> None:
