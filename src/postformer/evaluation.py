@@ -68,7 +68,7 @@ def token_losses(model, tokenizer, texts: list[str], batch_size: int = 8, stride
     context = model.config.max_position_embeddings
     stride = context // 2 if stride is None else stride
     _check_options(texts, batch_size, stride, context)
-    encoded = [ids + [tokenizer.eos_token_id] for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    encoded = [ids + [tokenizer.eos_token_id] for ids in tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]]
     windows = [w for post, ids in enumerate(encoded) for w in _windows(post, ids, context, stride)]
     # Batch windows of similar length together, so that little compute goes to padding.
     order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
