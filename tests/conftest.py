@@ -53,6 +53,20 @@ def save_tiny_model(folder, **overrides):
     return folder
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny model folder (`save_tiny_model`: context 64 positions, vocabulary 300), one per test module."""
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    """The model and tokenizer of `model_dir`, loaded as the commands load them."""
+    from postformer.generation import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(model_dir)
+
+
 @pytest.fixture
 def make_config():
     return tiny_config

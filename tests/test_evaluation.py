@@ -7,24 +7,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_POSTS, save_tiny_model
+from conftest import TINY_POSTS
 
 from postformer.cli import main as cli
 from postformer.data import load_posts_split
 from postformer.evaluation import evaluate_posts, score_posts, token_losses
-from postformer.generation import load_model_and_tokenizer
 
 LONG_POST = " ".join(TINY_POSTS[:7])  # about 150 tokens: more than the tiny model's 64 positions
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    return load_model_and_tokenizer(model_dir)
 
 
 def _post_ids(tokenizer, text):

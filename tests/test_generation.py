@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from conftest import save_tiny_model
 
 from postformer import PostformerForCausalLM
 from postformer.cli import main as cli
@@ -17,25 +16,6 @@ from postformer.generation import (
 )
 
 PROMPTS = ["just watched", "", "so tired of this weather and the", "@maria"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """A tiny model gains nothing from threads, and on a busy machine OpenMP's waiting makes it 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    return load_model_and_tokenizer(model_dir)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from transformers import (
 from ._text import check_text
 from .hub_cards import write_model_card
 from .data import _SPLIT_NAMES, _format_of, _load_files, _split_files
-from .generation import TOKENIZER_FILES, WEIGHT_FILES
+from .model_files import WEIGHT_FILES, check_model_folder
 from .model_files import check_vocab, check_weights, check_writable, load_config, load_tokenizer, saving
 from .modeling import PostformerForCausalLM, PostformerForSequenceClassification
 
@@ -271,29 +271,10 @@ def _stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[li
 
 
 def _model_folder_config(model_dir) -> tuple[Path, dict]:
-    """The folder and its config.json, after checking that it holds a config, weights and a tokenizer."""
-    path = Path(model_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
-    if not path.is_dir():
-        raise NotADirectoryError(f"model folder {str(path)!r} is not a folder")
-    missing = [
-        what for what, names in (("config.json", ("config.json",)), ("model weights", WEIGHT_FILES),
-                                 ("tokenizer files", TOKENIZER_FILES))
-        if not any((path / name).is_file() for name in names)
-    ]
-    if missing:
-        raise FileNotFoundError(
-            f"{str(path)!r} is not a model folder: missing {', '.join(missing)}. Expected what save_pretrained of a "
-            "Postformer model and of its tokenizer write to the same folder"
-        )
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{str(path / 'config.json')!r} is not a readable JSON config: {error}") from None
-    if not isinstance(config, dict) or config.get("model_type") != "postformer":
-        kind = config.get("model_type") if isinstance(config, dict) else None
-        raise ValueError(f"the model in {str(path)!r} is not a Postformer model (model_type {kind!r})")
+    """The folder and its config.json, after checking that it holds a Postformer model and its tokenizer."""
+    path, config = check_model_folder(model_dir)
+    if config.get("model_type") != "postformer":
+        raise ValueError(f"the model in {str(path)!r} is not a Postformer model (model_type {config.get('model_type')!r})")
     return path, config
 
 

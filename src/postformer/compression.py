@@ -52,7 +52,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from .hub_cards import write_model_card
-from .generation import WEIGHT_FILES, check_model_dir, load_model_and_tokenizer
+from .generation import check_model_dir, load_model_and_tokenizer
+from .model_files import WEIGHT_FILES
 from .model_files import check_writable, saving
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}

@@ -9,7 +9,6 @@ model continues it. An empty prompt is just "<s>": the model starts a new post. 
 end-of-post ("</s>") or at the separator ("<sep>"), the model's `generation_config.eos_token_id`.
 """
 
-import json
 import math
 import numbers
 from collections.abc import Sequence
@@ -20,40 +19,12 @@ from transformers import AutoModelForCausalLM, CompileConfig, TextStreamer, set_
 
 from . import modeling  # noqa: F401  (registers the Auto classes)
 from ._text import check_text
-from .model_files import check_vocab, check_weights, load_config, load_tokenizer
-
-WEIGHT_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
-)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
+from .model_files import check_model_folder, check_vocab, check_weights, load_config, load_tokenizer
 
 def check_model_dir(model_dir) -> Path:
     """Raise FileNotFoundError (or NotADirectoryError / ValueError) unless `model_dir` holds a causal LM and
     its tokenizer; the message names the folder and what is missing."""
-    path = Path(model_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
-    if not path.is_dir():
-        raise NotADirectoryError(f"model folder {str(path)!r} is not a folder")
-    missing = []
-    if not (path / "config.json").is_file():
-        missing.append("config.json")
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        missing.append("model weights (" + " or ".join(WEIGHT_FILES[::2]) + ")")
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        missing.append("tokenizer files (" + " or ".join(TOKENIZER_FILES) + ")")
-    if missing:
-        raise FileNotFoundError(
-            f"{str(path)!r} is not a model folder: missing {', '.join(missing)}. Expected what save_pretrained "
-            "of a PostformerForCausalLM and of its tokenizer write to the same folder"
-        )
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{str(path / 'config.json')!r} is not a readable JSON config: {error}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{str(path / 'config.json')!r} is not a model config (not a JSON object)")
+    path, config = check_model_folder(model_dir)
     architectures = config.get("architectures") or []
     if architectures and not any("CausalLM" in name or "LMHead" in name for name in architectures):
         raise ValueError(

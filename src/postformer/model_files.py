@@ -33,6 +33,42 @@ import torch
 DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_model_folder(model_dir) -> tuple[Path, dict]:
+    """The folder and its config.json as a dict, after checking that it holds a config, weights and a tokenizer
+    (what save_pretrained of a model and of its tokenizer write side by side). FileNotFoundError /
+    NotADirectoryError / ValueError name the folder and what is missing or unreadable."""
+    path = Path(model_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"model folder {str(path)!r} is not a folder")
+    missing = []
+    if not (path / "config.json").is_file():
+        missing.append("config.json")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        missing.append("model weights (" + " or ".join(WEIGHT_FILES[::2]) + ")")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        missing.append("tokenizer files (" + " or ".join(TOKENIZER_FILES) + ")")
+    if missing:
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a model folder: missing {', '.join(missing)}. Expected what save_pretrained "
+            "of a Postformer model and of its tokenizer write to the same folder"
+        )
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{str(path / 'config.json')!r} is not a readable JSON config: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path / 'config.json')!r} is not a model config (not a JSON object)")
+    return path, config
+
+
 class UnknownConfigFieldsWarning(UserWarning):
     """config.json holds fields this version of postformer does not know (a newer version wrote it)."""
 

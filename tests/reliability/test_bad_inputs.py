@@ -26,30 +26,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_POSTS, save_tiny_model
+from conftest import TINY_POSTS
 
 from postformer.cli import main as cli
 from postformer.data import SkippedLinesWarning, load_posts, load_posts_split
 from postformer.generation import generate_posts, load_model_and_tokenizer
 from postformer.model_files import DiskFullError, UnknownConfigFieldsWarning
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model"))  # context 64 positions, vocabulary 300
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    return load_model_and_tokenizer(model_dir)
 
 
 @pytest.fixture(scope="module")

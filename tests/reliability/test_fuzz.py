@@ -29,14 +29,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_model
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from postformer.cli import main as cli
 from postformer.data import load_posts, load_posts_split
 from postformer.evaluation import evaluate_posts
-from postformer.generation import generate_posts, load_model_and_tokenizer
+from postformer.generation import generate_posts
 
 EXAMPLES = int(os.environ.get("POSTFORMER_FUZZ_EXAMPLES", "0"))
 
@@ -60,16 +59,6 @@ def _one_thread_and_own_datasets_cache(tmp_path_factory):
     datasets.enable_progress_bars()
     datasets.config.HF_DATASETS_CACHE = cache
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model"))  # context 64 positions
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    return load_model_and_tokenizer(model_dir)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -5,16 +5,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_model
 
 import postformer.modeling as modeling
 
 PACKAGE = Path(modeling.__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.mark.parametrize("name", ["modeling_postformer.py", "configuration_postformer.py"])
