@@ -292,3 +292,13 @@ def test_cli_prompts_from_stdin_or_a_new_post(model_dir, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", Terminal())
     assert cli(["generate", "--model", str(model_dir), "--max-new-tokens", "3", "--json"]) == 0
     assert [r["prompt"] for r in json.loads(capsys.readouterr().out)] == [""]
+
+
+def test_compiled_generation_gives_the_plain_paths_text(model_dir, loaded, capsys):
+    """--compile (static cache, compiled decoding step) changes the speed, not the text: greedy continuations of
+    a left-padded batch equal the plain path's."""
+    model, tokenizer = loaded
+    expected = generate_posts(model, tokenizer, PROMPTS, do_sample=False, max_new_tokens=12)
+    args = ["generate", "--model", str(model_dir), "--greedy", "--compile", "--max-new-tokens", "12", "--json", *PROMPTS]
+    assert cli(args) == 0
+    assert [r["generations"] for r in json.loads(capsys.readouterr().out)] == expected

@@ -146,9 +146,11 @@ def generate_token_ids(
     do_sample: bool = True,
     streamer=None,
     batch_size: int = 8,
+    compile: bool = False,
 ) -> list[list[list[int]]]:
     """What `generate_posts` generates, as token ids: per prompt, per sequence, the new tokens up to and
-    including the stop token (end-of-post or separator) when one was generated, without padding."""
+    including the stop token (end-of-post or separator) when one was generated, without padding.
+    compile=True: the fast path of `compiled_generation_options` (the first call compiles)."""
     _check_arguments(prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_return_sequences,
                      seed, do_sample, batch_size)
     if streamer is not None and (len(prompts) != 1 or num_return_sequences != 1):
@@ -190,6 +192,8 @@ def generate_token_ids(
         options["repetition_penalty"] = float(repetition_penalty)
     if streamer is not None:
         options["streamer"] = streamer
+    if compile:
+        options.update(compiled_generation_options())
 
     if seed is not None:
         set_seed(int(seed))
@@ -220,7 +224,7 @@ def generate_posts(model, tokenizer, prompts: list[str], **options) -> list[list
     """Continue each prompt; per prompt, its `num_return_sequences` continuations (text without the prompt,
     special tokens skipped). `options` are those of `generate_token_ids`: max_new_tokens (60), temperature
     (1.0), top_k (50), top_p (0.95), repetition_penalty (1.0), num_return_sequences (1), seed (None), do_sample
-    (True), streamer (None), batch_size (8).
+    (True), streamer (None), batch_size (8), compile (False).
 
     do_sample=False is greedy decoding (temperature, top_k and top_p are then unused). The same `seed` gives
     the same text. `streamer`: None, True (print the continuation to the terminal as it is generated, with a
