@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 import torch
-from conftest import TINY_POSTS, run_without_postformer, save_tiny_model
+from conftest import TINY_POSTS, run_without_postformer
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
@@ -36,11 +36,6 @@ def write_jsonl(path, rows):
 
 
 @pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("lm"))
-
-
-@pytest.fixture(scope="module")
 def topic_posts(tmp_path_factory):
     """The topic of each post (in the middle of it, so the last token alone does not tell it)."""
     return write_jsonl(tmp_path_factory.mktemp("data") / "topics.jsonl",
@@ -48,9 +43,9 @@ def topic_posts(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(lm_dir, topic_posts, tmp_path_factory):
+def trained(model_dir, topic_posts, tmp_path_factory):
     output = tmp_path_factory.mktemp("classifier") / "out"
-    return output, train_classifier(lm_dir, topic_posts, output, validation_fraction=0.25, **FAST)
+    return output, train_classifier(model_dir, topic_posts, output, validation_fraction=0.25, **FAST)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -84,9 +79,9 @@ def test_macro_f1_and_accuracy_match_hand_computed_values():
 # Training, saving, loading
 
 
-def test_the_classifier_starts_from_the_language_model_body(lm_dir):
-    model, tokenizer = init_classifier(lm_dir, ["a", "b", "c"])
-    lm_weights = load_file(lm_dir / "model.safetensors")
+def test_the_classifier_starts_from_the_language_model_body(model_dir):
+    model, tokenizer = init_classifier(model_dir, ["a", "b", "c"])
+    lm_weights = load_file(model_dir / "model.safetensors")
     body = {k: v for k, v in lm_weights.items() if k.startswith("model.")}
     state = model.state_dict()
     assert body and all(torch.equal(state[k], v) for k, v in body.items())
@@ -150,9 +145,9 @@ print(model.config.id2label[int(probs.argmax())], float(probs.max()))
     assert label == expected["label"] and float(score) == pytest.approx(expected["score"], abs=1e-5)
 
 
-def test_an_output_folder_holding_a_model_is_refused(lm_dir, topic_posts):
+def test_an_output_folder_holding_a_model_is_refused(model_dir, topic_posts):
     with pytest.raises(FileExistsError, match="already holds a model"):
-        train_classifier(lm_dir, topic_posts, lm_dir, **FAST)
+        train_classifier(model_dir, topic_posts, model_dir, **FAST)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -210,9 +205,9 @@ def test_the_held_out_split_is_stratified_and_deterministic(topic_posts):
     assert other.splits["validation"]["text"] != first.splits["validation"]["text"]
 
 
-def test_classify_refuses_a_language_model_folder_and_empty_input(lm_dir, trained):
+def test_classify_refuses_a_language_model_folder_and_empty_input(model_dir, trained):
     with pytest.raises(ValueError, match="is a PostformerForCausalLM, not a sequence classifier.*classify-train"):
-        classify_posts(lm_dir, ["a post"])
+        classify_posts(model_dir, ["a post"])
     output, _ = trained
     with pytest.raises(ValueError, match="no posts to classify"):
         classify_posts(output, [])
@@ -226,9 +221,9 @@ def test_classify_refuses_a_language_model_folder_and_empty_input(lm_dir, traine
 # Command line
 
 
-def test_cli_classify_train_writes_metrics_and_classify_prints_labels(lm_dir, topic_posts, trained, tmp_path, capsys):
+def test_cli_classify_train_writes_metrics_and_classify_prints_labels(model_dir, topic_posts, trained, tmp_path, capsys):
     output = tmp_path / "cli"
-    code = cli(["classify-train", "--model", str(lm_dir), "--data", str(topic_posts), "--output-dir", str(output),
+    code = cli(["classify-train", "--model", str(model_dir), "--data", str(topic_posts), "--output-dir", str(output),
                 "--epochs", "1", "--batch-size", "8", "--validation-fraction", "0.25", "--seed", "1"])
     assert code == 0
     metrics = json.loads((output / "metrics.json").read_text())
@@ -252,14 +247,14 @@ def test_cli_classify_train_writes_metrics_and_classify_prints_labels(lm_dir, to
     assert [(r["text"], r["label"]) for r in records] == [(t, r["label"]) for t, r in zip(texts, expected)]
 
 
-def test_cli_errors_are_one_line_with_status_2(lm_dir, topic_posts, tmp_path, capsys):
-    assert cli(["classify", "--model", str(lm_dir), "a post"]) == 2
+def test_cli_errors_are_one_line_with_status_2(model_dir, topic_posts, tmp_path, capsys):
+    assert cli(["classify", "--model", str(model_dir), "a post"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("postformer classify: error: ") and "not a sequence classifier" in err
     assert len(err.strip().splitlines()) == 1
-    assert cli(["classify", "--model", str(lm_dir)]) == 2
+    assert cli(["classify", "--model", str(model_dir)]) == 2
     assert "no posts to classify" in capsys.readouterr().err
-    assert cli(["classify-train", "--model", str(lm_dir), "--data", str(topic_posts), "--output-dir",
+    assert cli(["classify-train", "--model", str(model_dir), "--data", str(topic_posts), "--output-dir",
                 str(tmp_path / "x"), "--label-field", "topic"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("postformer classify-train: error: label column 'topic' not found") and "['text', 'label']" in err

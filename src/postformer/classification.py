@@ -299,7 +299,7 @@ def init_classifier(model_dir, labels: list[str]):
             f"{str(path)!r} holds a sequence classifier ({', '.join(config['architectures'])}), not a language "
             "model: classify-train starts from a language model folder (written by `postformer train`)"
         )
-    check_weights(path, load_config(path), PostformerForCausalLM)  # a damaged folder, named, before training
+    check_weights(path, load_config(path, config), PostformerForCausalLM)  # a damaged folder, named, before training
     model = PostformerForSequenceClassification.from_pretrained(
         path,
         num_labels=len(labels),
@@ -321,7 +321,7 @@ def load_classifier(model_dir):
             f"the model in {str(path)!r} is a {kind}, not a sequence classifier; train one from it with "
             f"`postformer classify-train --model {path} --data LABELLED_POSTS --output-dir OUT`"
         )
-    model_config = load_config(path)
+    model_config = load_config(path, config)
     check_weights(path, model_config, PostformerForSequenceClassification)
     model = AutoModelForSequenceClassification.from_pretrained(path, config=model_config).eval()
     return model, _classifier_tokenizer(path, model.config)

@@ -21,9 +21,8 @@ from . import modeling  # noqa: F401  (registers the Auto classes)
 from ._text import check_text
 from .model_files import check_model_folder, check_vocab, check_weights, load_config, load_tokenizer
 
-def check_model_dir(model_dir) -> Path:
-    """Raise FileNotFoundError (or NotADirectoryError / ValueError) unless `model_dir` holds a causal LM and
-    its tokenizer; the message names the folder and what is missing."""
+def _causal_lm_folder(model_dir) -> tuple[Path, dict]:
+    """The folder and its config.json, after checking that it holds a causal LM and its tokenizer."""
     path, config = check_model_folder(model_dir)
     architectures = config.get("architectures") or []
     if architectures and not any("CausalLM" in name or "LMHead" in name for name in architectures):
@@ -31,7 +30,13 @@ def check_model_dir(model_dir) -> Path:
             f"the model in {str(path)!r} is a {', '.join(architectures)}, not a language model: it has no "
             "language-model head to generate text with"
         )
-    return path
+    return path, config
+
+
+def check_model_dir(model_dir) -> Path:
+    """Raise FileNotFoundError (or NotADirectoryError / ValueError) unless `model_dir` holds a causal LM and
+    its tokenizer; the message names the folder and what is missing."""
+    return _causal_lm_folder(model_dir)[0]
 
 
 def load_model_and_tokenizer(model_dir, dtype=None):
@@ -44,7 +49,7 @@ def load_model_and_tokenizer(model_dir, dtype=None):
     tokenizer with more tokens than the model's vocab_size. config.json fields this version does not know are
     named in an UnknownConfigFieldsWarning and the model loads.
     """
-    path = check_model_dir(model_dir)
+    path, raw_config = _causal_lm_folder(model_dir)
     kwargs = {}
     if dtype is not None:
         if isinstance(dtype, str) and dtype != "auto":
@@ -53,7 +58,7 @@ def load_model_and_tokenizer(model_dir, dtype=None):
                 raise ValueError(f"dtype: unknown torch dtype {dtype!r}")
             dtype = resolved
         kwargs["dtype"] = dtype
-    config = load_config(path)
+    config = load_config(path, raw_config)
     model_class = _causal_lm_class(config)
     if model_class is not None:
         check_weights(path, config, model_class)

@@ -106,19 +106,14 @@ def _known_config_fields(config) -> set[str]:
     return known
 
 
-def load_config(path: str | Path):
-    """The config of the model folder `path` (AutoConfig); ValueError naming config.json when it is not JSON or
-    a value is out of range; an UnknownConfigFieldsWarning naming fields this version does not know."""
+def load_config(path: str | Path, raw: dict):
+    """The config of the model folder `path` (AutoConfig), given its config.json as read by
+    `check_model_folder` (`raw`); ValueError naming config.json when a value is out of range; an
+    UnknownConfigFieldsWarning naming fields this version does not know."""
     from transformers import AutoConfig
 
     path = Path(path)
     file = path / "config.json"
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{str(file)!r} is not a readable JSON config: {error}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{str(file)!r} is not a model config (not a JSON object)")
     try:
         config = AutoConfig.from_pretrained(path)
     except (ValueError, TypeError, KeyError) as error:
