@@ -78,7 +78,6 @@ from postformer.training import flops_per_token, measure_matmul_peak
 PRESETS = ("small", "medium", "large")
 SHARED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
           "num_key_value_heads", "max_position_embeddings")
-GENERATION_CONFIG = ("eos_token_id", "pad_token_id", "bos_token_id", "suppress_tokens")
 FORWARD_SEQ, FORWARD_BATCHES = 128, (1, 8)
 TRAIN_SEQ, TRAIN_BATCH = 256, 8
 PROMPT_LEN, NEW_TOKENS, GENERATION_BATCHES = 16, 128, (1, 8)
@@ -105,8 +104,12 @@ def build_models(preset: str) -> dict:
     postformer = PostformerForCausalLM(config)
     torch.manual_seed(0)
     llama = LlamaForCausalLM(llama_config)
-    for key in GENERATION_CONFIG:
-        setattr(llama.generation_config, key, getattr(postformer.generation_config, key))
+    # Both get the generation config that training writes for posts (postformer.tokenization.posts_generation_config).
+    for model in (postformer, llama):
+        model.generation_config.update(
+            eos_token_id=[config.eos_token_id, config.sep_token_id], pad_token_id=config.pad_token_id,
+            bos_token_id=config.bos_token_id, suppress_tokens=[config.pad_token_id, config.bos_token_id],
+        )
     return {"postformer": postformer, "llama": llama}
 
 

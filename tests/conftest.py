@@ -43,11 +43,12 @@ def save_tiny_model(folder, **overrides):
     """Save a tiny, randomly initialised PostformerForCausalLM and a 300-token posts tokenizer (trained on
     TINY_POSTS) side by side in `folder`, as training does; return the folder."""
     from postformer import PostformerForCausalLM
-    from postformer.tokenization import config_token_ids, train_tokenizer
+    from postformer.tokenization import config_token_ids, posts_generation_config, train_tokenizer
 
     tokenizer = train_tokenizer(TINY_POSTS, vocab_size=300, show_progress=False)
     torch.manual_seed(0)
     model = PostformerForCausalLM(tiny_config(**{"initializer_range": 0.1, **config_token_ids(tokenizer), **overrides}))
+    model.generation_config = posts_generation_config(tokenizer)  # as training writes it
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -1,5 +1,5 @@
-"""`postformer train` under `torchrun`: two CPU processes (gloo) train the same model as one process with the
-same global batch.
+"""Under `torchrun`, two CPU processes (gloo): `postformer train` trains the same model as one process with the
+same global batch, and a saved folder loaded with tensor parallelism gives the logits of one process.
 
 Both runs share one tokenizer (so the token ids match), start from the same seed and see the same data order:
 one process with --batch-size 8 against two processes with --batch-size 4 each (Accelerate hands process 0 the
@@ -45,7 +45,10 @@ TINY_RUN = [
     "--sample-prompts",  # no prompts: no generation at evaluation
 ]
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
+pytestmark = [
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed"),
+    pytest.mark.slow,
+]
 
 
 def _env(hf_home: Path) -> dict:
@@ -154,3 +157,41 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
         f"final eval loss {ddp['eval_loss']} (torchrun) vs {single['eval_loss']} (single process): relative "
         f"difference {eval_difference:.2e} > {EVAL_LOSS_RTOL}"
     )
+
+
+TP_SCRIPT = """
+import os, sys, torch
+import postformer
+from transformers import AutoModelForCausalLM
+from transformers.distributed import DistributedConfig
+
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], distributed_config=DistributedConfig(tp_plan="auto")).eval()
+weight = model.model.layers[0].self_attn.k_proj.weight
+with torch.no_grad():
+    logits = model(input_ids=torch.load(sys.argv[2])).logits
+if int(os.environ["RANK"]) == 0:
+    print("local", tuple(weight.to_local().shape), "global", tuple(weight.shape))
+    torch.save(logits, sys.argv[3])
+"""
+
+
+def test_tensor_parallel_load_under_torchrun_gives_the_logits_of_one_process(tmp_path):
+    """Two CPU processes (gloo) load a saved folder with tp_plan="auto": each holds half the heads of every
+    projection (grouped-query attention: 4 query heads, 2 key-value heads) and the logits equal one process's."""
+    from conftest import tiny_config
+
+    from postformer import PostformerForCausalLM
+
+    torch.manual_seed(0)
+    model = PostformerForCausalLM(tiny_config(num_key_value_heads=2)).eval()
+    model.save_pretrained(tmp_path / "model")
+    ids = torch.randint(4, 96, (2, 12))
+    torch.save(ids, tmp_path / "ids.pt")
+    with torch.no_grad():
+        expected = model(ids).logits
+    (tmp_path / "tp.py").write_text(TP_SCRIPT)
+    stdout, _ = _run(_torchrun() + ["--standalone", "--nproc_per_node", "2", str(tmp_path / "tp.py"),
+                                    str(tmp_path / "model"), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt")],
+                     tmp_path, tmp_path / "hf_home")
+    assert "local (8, 32) global (16, 32)" in stdout
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, atol=1e-5, rtol=1e-5)

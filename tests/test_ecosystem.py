@@ -86,7 +86,8 @@ def lora():
     model = load_model()
     base = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
-                                                  target_modules=["qkv_proj", "o_proj", "up_proj", "down_proj"]))
+                                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                  "up_proj", "down_proj"]))
     initial = {name: t.clone() for name, t in peft_model.state_dict().items() if "lora_" in name}
     ids = tokenizer(["loving the match #football !!!"] * 16)["input_ids"]
     blocks = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
@@ -122,7 +123,7 @@ def lora():
     with torch.no_grad():
         result["reload_equal"] = torch.equal(load_model("merged").eval()(inputs).logits, merged_logits)
     try:
-        get_peft_model(load_model(), LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"]))
+        get_peft_model(load_model(), LoraConfig(task_type="CAUSAL_LM", target_modules=["query", "value"]))
         result["bad_targets_error"] = None
     except ValueError as error:
         result["bad_targets_error"] = str(error)
@@ -167,15 +168,15 @@ def test_peft_lora_trains_only_the_adapter_and_merges_into_a_loadable_model(ecos
     result = _part(ecosystem, "lora")
     assert result["base_keys"] == result["base_total"] > 0
     assert result["base_changed"] == []  # every base weight bit-identical after training
-    assert result["lora_keys"] == 2 * 4 * 2  # lora_A and lora_B of 4 modules in each of 2 layers
+    assert result["lora_keys"] == 2 * 6 * 2  # lora_A and lora_B of 6 modules in each of 2 layers
     assert result["lora_unchanged"] == []  # every lora_A and lora_B moved
-    assert result["targets"] == ["down_proj", "o_proj", "qkv_proj", "up_proj"]
+    assert result["targets"] == ["down_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
     assert result["merged_type"] == "PostformerForCausalLM" and not result["merged_has_lora"]
     assert result["merge_max_diff"] < 1e-5  # merged model == base + adapter
     assert result["lora_effect"] > 1e-3  # ... and the adapter did change the model
     assert result["reload_equal"]  # saved and loaded back with from_pretrained: the same logits
     # PEFT's own error for targets that match nothing (postformer's finetune names the model's modules instead)
-    assert result["bad_targets_error"] and "q_proj" in result["bad_targets_error"]
+    assert result["bad_targets_error"] and "query" in result["bad_targets_error"]
 
 
 def test_finetune_with_unknown_lora_targets_lists_the_models_linear_modules(workdir, tmp_path):
@@ -183,11 +184,11 @@ def test_finetune_with_unknown_lora_targets_lists_the_models_linear_modules(work
 
     with pytest.raises(ValueError) as raised:
         # one real module next to a typo: PEFT alone would silently adapt only o_proj
-        finetune(workdir / "model", None, tmp_path / "out", lora=True, target_modules=["o_proj", "q_proj"],
+        finetune(workdir / "model", None, tmp_path / "out", lora=True, target_modules=["o_proj", "query_proj"],
                  block_size=16)
     message = str(raised.value)
-    assert "unknown LoRA target module(s) ['q_proj']" in message
-    for name in ("qkv_proj", "o_proj", "up_proj", "down_proj", "lm_head"):
+    assert "unknown LoRA target module(s) ['query_proj']" in message
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "lm_head"):
         assert f"'{name}'" in message
     assert not (tmp_path / "out").exists()
 
@@ -216,7 +217,7 @@ def test_finetune_lora_cli_writes_merged_model_adapter_metrics_and_card(workdir,
     assert 0 < metrics["trainable_parameters"] < metrics["parameters"]
     training_config = json.loads((out / "training_config.json").read_text())
     assert training_config["lora"] and training_config["lora_r"] == 4
-    assert training_config["target_modules"] == ["qkv_proj", "o_proj", "up_proj", "down_proj"]
+    assert training_config["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "someone/tiny-posts-base"
     assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -7,7 +7,9 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     DynamicCache,
     StaticCache,
 )
@@ -15,7 +17,9 @@ from transformers import (
 from postformer import (
     PostformerConfig,
     PostformerForCausalLM,
+    PostformerForQuestionAnswering,
     PostformerForSequenceClassification,
+    PostformerForTokenClassification,
     PostformerModel,
 )
 from postformer.modeling.modeling_postformer import PostformerAttention, eager_attention_forward
@@ -52,13 +56,18 @@ def test_preset_parameter_counts_match_the_design_table(preset, target):
     assert abs(count - target) / target <= 0.10, f"{preset}: {count} parameters"
 
 
-def test_base_preset_is_the_design_default():
-    config = PostformerConfig.from_preset("base")
-    assert (config.vocab_size, config.hidden_size, config.intermediate_size) == (50000, 768, 3072)
-    assert (config.num_hidden_layers, config.num_attention_heads, config.max_position_embeddings) == (12, 12, 512)
-    assert (config.hidden_dropout, config.attention_dropout) == (0.1, 0.1)
-    assert config.position_embedding_type == "rope" and config.use_relative_position
-    assert config.max_relative_position == 64 and config.num_key_value_heads == 12
+def test_class_defaults_are_the_design_size_with_rotary_positions_and_design_preset_adds_shaw():
+    for config in (PostformerConfig(), PostformerConfig.from_preset("base"), PostformerConfig.from_preset("design")):
+        assert (config.vocab_size, config.hidden_size, config.intermediate_size) == (50000, 768, 3072)
+        assert (config.num_hidden_layers, config.num_attention_heads, config.max_position_embeddings) == (12, 12, 512)
+        assert (config.hidden_dropout, config.attention_dropout) == (0.1, 0.1)
+        assert config.position_embedding_type == "rope" and config.num_key_value_heads == 12
+        assert config.rope_parameters == {"rope_type": "default", "rope_theta": 10000.0}
+    assert not PostformerConfig().use_relative_position and not PostformerConfig.from_preset("base").use_relative_position
+    design = PostformerConfig.from_preset("design")
+    assert design.use_relative_position and design.max_relative_position == 64
+    # A config.json without the fields (as another tool might write) gets the defaults: no Shaw term.
+    assert not PostformerConfig.from_dict({"hidden_size": 32, "num_attention_heads": 4}).use_relative_position
 
 
 def test_preset_overrides_and_unknown_preset():
@@ -286,10 +295,22 @@ def test_logits_to_keep():
     torch.testing.assert_close(model(ids, logits_to_keep=3).logits, full[:, -3:])
 
 
-def test_sequence_longer_than_context_is_a_clear_error():
-    model = PostformerForCausalLM(tiny_config(max_position_embeddings=16)).eval()
-    with pytest.raises(ValueError, match=r"sequence too long: 17 tokens .* max_position_embeddings=16"):
+@pytest.mark.parametrize("position_type", ["sinusoidal", "learned"])
+def test_positions_past_a_position_table_are_a_clear_error(position_type):
+    model = PostformerForCausalLM(tiny_config(max_position_embeddings=16, position_embedding_type=position_type)).eval()
+    with pytest.raises(ValueError, match=rf"sequence too long: position 16 is past the end of the {position_type} "
+                                         r"position table \(max_position_embeddings=16\)"):
         model(random_ids(1, 17))
+    # Judged by positions, not by the row: two packed sequences of 12 fit a 16-position table.
+    model(random_ids(1, 24), position_ids=torch.cat([torch.arange(12), torch.arange(12)])[None])
+
+
+@pytest.mark.parametrize("position_type", ["rope", "none"])
+def test_rotary_and_no_positions_have_no_length_limit(position_type):
+    """As in Llama, a rotary model runs past max_position_embeddings (its angles have no end); the CLI still
+    refuses prompts longer than the trained context."""
+    model = PostformerForCausalLM(tiny_config(max_position_embeddings=16, position_embedding_type=position_type)).eval()
+    assert model(random_ids(1, 24)).logits.shape == (1, 24, 96)
 
 
 def test_input_ids_and_inputs_embeds_are_exclusive_and_equivalent():
@@ -339,15 +360,28 @@ def test_cache_step_equals_full_forward():
         torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), full, atol=1e-5, rtol=1e-4)
 
 
-def test_generation_stops_at_end_of_post_or_separator():
+def test_bare_model_generates_plainly_and_posts_defaults_stop_at_end_of_post_or_separator():
     config = tiny_config()
     model = PostformerForCausalLM(config).eval()
-    assert model.generation_config.eos_token_id == [config.eos_token_id, config.sep_token_id]
-    with torch.no_grad():  # make the separator the only likely next token
-        model.lm_head.weight.zero_()
-        model.lm_head.weight[config.sep_token_id] = 1.0
+    # A bare model: greedy decoding is the argmax, padding and <s> included; it stops at eos only.
+    assert model.generation_config.eos_token_id == config.eos_token_id and not model.generation_config.suppress_tokens
+    with torch.no_grad():  # make <s> (then the separator) the only likely next token
         model.model.norm.bias.fill_(1.0)
-    out = model.generate(random_ids(1, 4), max_new_tokens=10, do_sample=False)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[config.bos_token_id] = 1.0
+    prompt = random_ids(1, 4)
+    out = model.generate(prompt, max_new_tokens=3, do_sample=False)
+    assert out[0, 4:].tolist() == [config.bos_token_id] * 3
+    with torch.no_grad():
+        model.lm_head.weight[config.sep_token_id] = 0.5  # second most likely
+    # The posts defaults (what training writes to generation_config.json) suppress <s> and stop at <sep>.
+    from postformer.tokenization import posts_generation_config, train_tokenizer
+
+    tokenizer = train_tokenizer(["a post", "another post"], vocab_size=260, show_progress=False)
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.sep_token_id) == (0, 1, 2, 3)
+    model.generation_config = posts_generation_config(tokenizer)
+    assert model.generation_config.eos_token_id == [2, 3] and model.generation_config.suppress_tokens == [0, 1]
+    out = model.generate(prompt, max_new_tokens=10, do_sample=False)
     assert out.shape == (1, 5) and out[0, -1] == config.sep_token_id
 
 
@@ -402,7 +436,7 @@ def test_initialisation_scales_residual_projections():
     layer = model.model.layers[0]
     assert abs(layer.mlp.up_proj.weight.std().item() - std) < 0.002
     assert abs(layer.mlp.down_proj.weight.std().item() - std / 4) < 0.001  # std / sqrt(2 * 8)
-    assert torch.all(layer.self_attn.qkv_proj.bias == 0) and torch.all(layer.input_layernorm.weight == 1)
+    assert torch.all(layer.self_attn.q_proj.bias == 0) and torch.all(layer.input_layernorm.weight == 1)
 
 
 @pytest.mark.parametrize(
@@ -464,7 +498,10 @@ def test_auto_classes_are_registered(tmp_path):
     assert isinstance(AutoModel.from_config(config), PostformerModel)
     assert isinstance(AutoModelForCausalLM.from_config(config), PostformerForCausalLM)
     assert isinstance(AutoModelForSequenceClassification.from_config(config), PostformerForSequenceClassification)
-    assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification"}
+    assert isinstance(AutoModelForTokenClassification.from_config(config), PostformerForTokenClassification)
+    assert isinstance(AutoModelForQuestionAnswering.from_config(config), PostformerForQuestionAnswering)
+    assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification",
+                                    "AutoModelForTokenClassification", "AutoModelForQuestionAnswering"}
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])

@@ -16,6 +16,7 @@ from postformer.tokenization import (
     ENTITY_PATTERNS,
     config_token_ids,
     fertility_report,
+    posts_generation_config,
     train_posts_tokenizer,
     train_tokenizer,
 )
@@ -46,13 +47,16 @@ def round_trip(tokenizer, text):
 # ----------------------------------------------------------------------------------------------------------------
 # Round trips (property tests)
 
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomized, as in tests/reliability/test_fuzz.py: the same examples on every run, so the suite is stable.
+PROPERTY = settings(max_examples=150, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 words = st.text(alphabet=st.characters(categories=["L", "N"]), min_size=1, max_size=12)
 urls = st.builds(
     lambda scheme, host, path, query: f"{scheme}{host}.com/{path}{query}",
     st.sampled_from(["http://", "https://", "www.", "https://www."]),
     st.from_regex(r"[a-z0-9\-]{1,12}", fullmatch=True),
-    st.from_regex(r"[A-Za-z0-9_/\-\.]{0,20}", fullmatch=True),
+    # a path never ends in ".": a full stop after a URL ends the sentence, and the pre-tokenizer splits it off
+    st.from_regex(r"(?:[A-Za-z0-9_/\-\.]{0,19}[A-Za-z0-9_/\-])?", fullmatch=True),
     st.sampled_from(["", "?x=1", "?utm_source=fb&id=99", "#frag"]),
 )
 mentions = st.builds(lambda name: "@" + name, st.from_regex(r"\w{1,15}", fullmatch=True))
@@ -136,7 +140,7 @@ def test_config_token_ids_make_a_matching_model(tokenizer):
     assert ids == dict(vocab_size=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2, sep_token_id=3)
     config = PostformerConfig.from_preset("small", **ids)
     model = PostformerForCausalLM(config)
-    assert model.generation_config.eos_token_id == [2, 3]
+    assert posts_generation_config(tokenizer).eos_token_id == [2, 3]
     batch = tokenizer(["a post", "a longer post with more words"], padding=True, return_tensors="pt")
     assert model(**batch).logits.shape == (2, batch["input_ids"].shape[1], 2048)
 

@@ -67,7 +67,10 @@ def test_tiny_run_writes_a_hub_ready_folder(tiny_run):
     assert config["use_cache"] is True  # Trainer turns it off for training; the saved model generates with it
     card = ModelCard.load(output / "README.md")
     assert card.data.pipeline_tag == "text-generation" and card.data.license == "mit"
-    assert json.loads((output / "generation_config.json").read_text())["eos_token_id"] == [2, 3]
+    generation = json.loads((output / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [2, 3] and generation["suppress_tokens"] == [0, 1]  # the posts defaults
+    assert "generation stops at `</s>` or `<sep>` (`eos_token_id` [2, 3]); `<pad>` and `<s>` are never generated" \
+        in (output / "README.md").read_text()
     samples = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
     assert {s["step"] for s in samples} >= {20, 40, 60} and all(s["prompt"] == "Breaking news:" for s in samples)
 
@@ -98,7 +101,7 @@ def test_weight_decay_skips_norms_biases_and_embeddings(tokenizer, tmp_path):
 
     trainer = PostformerTrainer(model=model, args=TrainingArguments(str(tmp_path), report_to="none"))
     decayed = set(trainer.get_decay_parameter_names(model))
-    assert "model.layers.0.self_attn.qkv_proj.weight" in decayed and "model.layers.1.mlp.down_proj.weight" in decayed
+    assert "model.layers.0.self_attn.q_proj.weight" in decayed and "model.layers.1.mlp.down_proj.weight" in decayed
     assert not any("bias" in n or "norm" in n or "embed" in n for n in decayed)
     optimizer = trainer.create_optimizer()
     groups = {g["weight_decay"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}

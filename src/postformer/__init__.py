@@ -15,7 +15,9 @@ from .modeling import (  # noqa: E402
     PRESETS,
     PostformerConfig,
     PostformerForCausalLM,
+    PostformerForQuestionAnswering,
     PostformerForSequenceClassification,
+    PostformerForTokenClassification,
     PostformerModel,
     PostformerPreTrainedModel,
 )
@@ -29,5 +31,7 @@ __all__ = [
     "PostformerModel",
     "PostformerForCausalLM",
     "PostformerForSequenceClassification",
+    "PostformerForTokenClassification",
+    "PostformerForQuestionAnswering",
     "__version__",
 ]

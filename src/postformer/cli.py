@@ -326,6 +326,13 @@ def _finetune(args):
     print(f"{written}, tokenizer, metrics.json and model card written to {args.output_dir}")
 
 
+def _upgrade_adapter(args):
+    from .training.finetune import upgrade_adapter
+
+    upgrade_adapter(args.adapter, args.output_dir, model_dir=args.model)
+    print(f"upgraded adapter (q_proj, k_proj, v_proj instead of qkv_proj) written to {args.output_dir}")
+
+
 def _card(args):
     from .hub_cards import write_model_card
 
@@ -505,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft = commands.add_parser(
         "finetune", help="fine-tune a saved model on posts, fully or with LoRA (a plain transformers Trainer)",
         description="Fine-tune a model folder on posts. With --lora, LoRA adapters are trained on "
-        "--target-modules (default: qkv_proj o_proj up_proj down_proj, every Linear layer of the blocks) and "
+        "--target-modules (default: q_proj k_proj v_proj o_proj up_proj down_proj, every Linear layer of the "
+        "blocks) and "
         "the output folder gets the merged model plus the adapter in adapter/.",
     )
     ft.add_argument("--model", required=True, help="folder holding the model and its tokenizer")
@@ -518,8 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
     ft.add_argument("--lora-alpha", type=int, default=16, help="LoRA scale numerator: scale = alpha / r (default: 16)")
     ft.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input (default: 0.05)")
-    ft.add_argument("--target-modules", nargs="+", help="Linear modules to adapt (default: qkv_proj o_proj "
-                    "up_proj down_proj)")
+    ft.add_argument("--target-modules", nargs="+", help="Linear modules to adapt (default: q_proj k_proj v_proj "
+                    "o_proj up_proj down_proj)")
     ft.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --max-steps is not given "
                     "(default: 1)")
     ft.add_argument("--max-steps", type=int, help="optimisation steps (overrides --epochs)")
@@ -543,6 +551,18 @@ def build_parser() -> argparse.ArgumentParser:
                       "the data README's licence, else other)")
     card.add_argument("--print", action="store_true", help="also print the card")
     card.set_defaults(func=_card)
+
+    upgrade = commands.add_parser(
+        "upgrade-adapter", help="rewrite a Postformer 0.1 LoRA adapter (fused qkv_proj) for q_proj/k_proj/v_proj",
+        description="LoRA adapters trained on Postformer 0.1 target its fused qkv_proj, which models no longer "
+        "have (PEFT then says the target module is not found). This writes an equivalent adapter for the separate "
+        "q_proj, k_proj and v_proj.",
+    )
+    upgrade.add_argument("adapter", help="the old adapter folder (adapter_config.json, adapter_model.safetensors)")
+    upgrade.add_argument("--output-dir", required=True, help="folder to write the upgraded adapter to")
+    upgrade.add_argument("--model", help="the base model folder, for the q/k/v sizes (default: the folder above the "
+                         "adapter, where finetune puts it)")
+    upgrade.set_defaults(func=_upgrade_adapter)
 
     # (subcommands are added above this line, one block each)
     return parser

@@ -170,6 +170,7 @@ def render_model_card(model_dir: str | Path, base_model: str | None = None, *, l
         evaluation_note=evaluation_note,
         loss_curve=(folder / "loss_curve.png").is_file(),
         usage=_usage(task, auto_class, name, training),
+        generation_defaults=_generation_defaults(_read_json(folder / "generation_config.json"), config),
     )
 
 
@@ -585,6 +586,27 @@ def _format_metric(value) -> str:
 def _literal(text: str) -> str:
     """A Python string literal in double quotes (JSON's string syntax is valid Python)."""
     return json.dumps(text, ensure_ascii=False)
+
+
+def _generation_defaults(generation: dict | None, config: dict) -> str | None:
+    """What the folder's generation_config.json changes from plain generation, in words (None: nothing)."""
+    if not generation:
+        return None
+    names = {config.get(f"{name}_token_id"): token for name, token in
+             (("pad", "<pad>"), ("bos", "<s>"), ("eos", "</s>"), ("sep", "<sep>"))}
+    named = lambda ids: " or ".join(f"`{names.get(i, i)}`" for i in ids)  # noqa: E731
+    eos = generation.get("eos_token_id")
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    suppressed = list(generation.get("suppress_tokens") or [])
+    parts = []
+    if len(eos) > 1:
+        parts.append(f"generation stops at {named(eos)} (`eos_token_id` {eos})")
+    if suppressed:
+        parts.append(f"{named(suppressed).replace(' or ', ' and ')} are never generated (`suppress_tokens` {suppressed})")
+    if not parts:
+        return None
+    return ("`generation_config.json` holds the posts defaults, which `generate` and `pipeline` use: "
+            + "; ".join(parts) + ". Pass other values to `generate` to change them.")
 
 
 def _usage(task: str, auto_class: str, name: str, training: dict | None) -> str:

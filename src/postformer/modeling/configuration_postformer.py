@@ -6,6 +6,7 @@ it may import from `transformers` and the standard library only.
 """
 
 from transformers import PretrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 POSITION_EMBEDDING_TYPES = ("rope", "sinusoidal", "learned", "none")
 
@@ -19,16 +20,19 @@ DESIGN_NAMES = {
     "dropout": "hidden_dropout",
 }
 
-# Small / medium / large reproduce the design's table (1.2M / 4.8M / 12.3M parameters at vocab 8192);
-# they use rotary positions alone, which every attention kernel runs. "base" is the design's default config.
+# Small / medium / large reproduce the design's table (1.2M / 4.8M / 12.3M parameters at vocab 8192). The
+# class defaults are the design's 12 x 768 model with rotary positions alone, which every attention kernel runs;
+# "design" is the design's complete default, which adds Shaw relative positions (clipped at 64) and so runs on the
+# eager kernel only. "base" is the class defaults.
 PRESETS = {
     "small": dict(vocab_size=8192, hidden_size=112, intermediate_size=448, num_hidden_layers=2,
-                  num_attention_heads=4, use_relative_position=False),
+                  num_attention_heads=4),
     "medium": dict(vocab_size=8192, hidden_size=256, intermediate_size=1024, num_hidden_layers=3,
-                   num_attention_heads=4, use_relative_position=False),
+                   num_attention_heads=4),
     "large": dict(vocab_size=8192, hidden_size=384, intermediate_size=1536, num_hidden_layers=5,
-                  num_attention_heads=6, use_relative_position=False),
-    "base": dict(),  # the class defaults below are the design's defaults
+                  num_attention_heads=6),
+    "base": dict(),
+    "design": dict(use_relative_position=True, max_relative_position=64),
 }
 
 AUTO_MAP = {
@@ -36,30 +40,56 @@ AUTO_MAP = {
     "AutoModel": "modeling_postformer.PostformerModel",
     "AutoModelForCausalLM": "modeling_postformer.PostformerForCausalLM",
     "AutoModelForSequenceClassification": "modeling_postformer.PostformerForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_postformer.PostformerForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_postformer.PostformerForQuestionAnswering",
 }
 
 
 class PostformerConfig(PretrainedConfig):
     r"""Configuration of a Postformer decoder-only language model.
 
-    Defaults are the original design's (`TransformerConfig`): vocab 50000, 512 positions, hidden 768,
-    feed-forward 3072, 12 layers of 12 heads, dropout 0.1, rotary plus Shaw relative positions clipped at 64.
+    Defaults are the original design's size (vocab 50000, 512 positions, hidden 768, feed-forward 3072, 12 layers
+    of 12 heads, dropout 0.1) with rotary positions alone: such a model runs on every attention kernel (eager,
+    sdpa, flex, flash where installed). The design's complete default also adds Shaw relative positions clipped
+    at 64: `PostformerConfig.from_preset("design")`. Presets "small", "medium" and "large" are the design's
+    table at vocab 8192 (`from_preset`).
 
     Positions: `position_embedding_type` picks the absolute scheme ("rope" rotates queries and keys,
     "sinusoidal" and "learned" are added to the token embeddings, "none" uses no absolute position).
-    `use_relative_position` adds Shaw et al. (2018) relative embeddings of the clipped distance j - i on
-    the key and the value side, alone or with any absolute scheme. Relative positions need the attention
-    probabilities, so they run on the "eager" kernel only.
+    Rotary positions take transformers' standard `rope_parameters` (`{"rope_type": "default", "rope_theta":
+    10000.0}`; "linear", "dynamic", "yarn", "longrope" or "llama3" scaling extend a trained model's context) and
+    have no length limit of their own; sinusoidal and learned tables end at `max_position_embeddings`.
+    `use_relative_position` adds Shaw et al. (2018) relative embeddings of the clipped distance j - i on the key
+    and the value side, alone or with any absolute scheme. Relative positions need the attention probabilities,
+    so they run on the "eager" kernel only.
 
-    The design's names are accepted as keyword arguments: `d_model` (hidden_size), `d_ff`
-    (intermediate_size), `num_layers` (num_hidden_layers), `num_heads` (num_attention_heads),
-    `max_seq_length` (max_position_embeddings), `dropout` (hidden_dropout), `use_rope` (True: "rope",
-    False: "sinusoidal"), `use_flash_attention` (True: attn_implementation "sdpa", False: "eager") and
-    `use_group_query_attention` (True: num_key_value_heads = num_attention_heads // 4 unless given).
+    The design's names are accepted as keyword arguments and readable as attributes (`attribute_map`):
+    `d_model` (hidden_size), `d_ff` (intermediate_size), `num_layers` (num_hidden_layers), `num_heads`
+    (num_attention_heads), `max_seq_length` (max_position_embeddings), `dropout` (hidden_dropout). Arguments
+    only: `use_rope` (True: "rope", False: "sinusoidal"), `use_flash_attention` (True: attn_implementation
+    "sdpa", False: "eager") and `use_group_query_attention` (True: num_key_value_heads = num_attention_heads //
+    4 unless given).
     """
 
     model_type = "postformer"
     keys_to_ignore_at_inference = ["cache"]
+    attribute_map = dict(DESIGN_NAMES)
+    # Tensor parallelism (`from_pretrained(..., tp_plan="auto")`): queries, keys, values and the MLP's
+    # up-projection are split by output rows (whole heads per rank), their output projections by input columns,
+    # so each layer needs one all-reduce per residual branch, as in Llama.
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }
 
     vocab_size: int = 50000
     hidden_size: int = 768
@@ -74,8 +104,8 @@ class PostformerConfig(PretrainedConfig):
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     position_embedding_type: str = "rope"
-    rope_theta: float = 10000.0
-    use_relative_position: bool = True
+    rope_parameters: dict | None = None
+    use_relative_position: bool = False
     max_relative_position: int = 64
     tie_word_embeddings: bool = True
     use_cache: bool = True
@@ -106,7 +136,8 @@ class PostformerConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PostformerConfig":
-        """A config from the design's table ("small", "medium", "large") or its defaults ("base")."""
+        """A config from the design's table ("small", "medium", "large"), the class defaults ("base") or the
+        design's complete default with Shaw relative positions ("design")."""
         if name not in PRESETS:
             raise ValueError(f"preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
@@ -125,7 +156,7 @@ class PostformerConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-        for name in ("layer_norm_eps", "initializer_range", "rope_theta"):
+        for name in ("layer_norm_eps", "initializer_range"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -149,6 +180,17 @@ class PostformerConfig(PretrainedConfig):
                 f"head dimension hidden_size / num_attention_heads = {self.head_dim} must be even with "
                 "position_embedding_type='rope' (rotary embeddings rotate pairs of dimensions)"
             )
+        if self.position_embedding_type == "rope":
+            rope_type = self.rope_parameters.get("rope_type")
+            if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+                raise ValueError(
+                    f"rope_parameters['rope_type'] must be 'default' or one of {sorted(ROPE_INIT_FUNCTIONS)}, "
+                    f"got {rope_type!r}"
+                )
+            theta = self.rope_parameters.get("rope_theta")
+            if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+                raise ValueError(f"rope_parameters['rope_theta'] must be a positive number, got {theta!r}")
+            self.validate_rope()
         if not isinstance(self.use_relative_position, bool):
             raise ValueError(f"use_relative_position must be True or False, got {self.use_relative_position!r}")
         if self.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu"):

@@ -1,8 +1,9 @@
 """Postformer: a decoder-only transformer language model for social-media posts.
 
 Read top to bottom: positions (rotary, sinusoidal, learned, Shaw relative), attention, feed-forward,
-the pre-norm block, then the models. It follows transformers' Llama implementation (naming, cache,
-attention-kernel interface, output capture) so that every tool of the Hugging Face stack works on it.
+the pre-norm block, the models and heads, and last the loading of Postformer 0.1 checkpoints. It follows
+transformers' Llama implementation (naming, cache, attention-kernel interface, output capture, parallelism
+plans) so that every tool of the Hugging Face stack works on it.
 
 This file is copied beside every saved model, so that `AutoModelForCausalLM.from_pretrained(folder,
 trust_remote_code=True)` works without the `postformer` package: it imports from `torch`,
@@ -17,14 +18,21 @@ from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import Split, WeightConverter
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_layers import (
+    GenericForQuestionAnswering,
+    GenericForTokenClassification,
+    GradientCheckpointingLayer,
+)
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
     SequenceClassifierOutputWithPast,
 )
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 from transformers.processing_utils import Unpack
@@ -40,29 +48,41 @@ from .configuration_postformer import PostformerConfig
 
 
 class PostformerRotaryEmbedding(nn.Module):
-    """RoPE (Su et al.): cos/sin tables that rotate query and key pairs by an angle proportional to position.
+    """RoPE (Su et al.): cos/sin of angles proportional to position, which rotate query and key pairs.
 
-    The tables cover every position up to max_position_embeddings and are computed once: a forward pass (and
-    each decoding step) only looks its positions up instead of recomputing cos and sin.
+    The frequencies come from transformers' rope utilities, so `config.rope_parameters` selects the standard
+    scalings (linear, dynamic, yarn, longrope, llama3) that stretch a trained model's context, exactly as in Llama.
+    Angles are computed from `position_ids`, so there is no length limit and packed rows (positions restarting
+    per sequence) rotate each sequence from 0.
     """
 
     def __init__(self, config: PostformerConfig):
         super().__init__()
         self.config = config
-        cos, sin = self.compute_tables(config)
-        self.cos = nn.Buffer(cos, persistent=False)
-        self.sin = nn.Buffer(sin, persistent=False)
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = config.rope_parameters["rope_type"]
+        rope_init_fn = self.compute_default_rope_parameters
+        if self.rope_type != "default":
+            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = rope_init_fn(config)
+        self.inv_freq = nn.Buffer(inv_freq, persistent=False)
+        self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
 
     @staticmethod
-    def compute_tables(config: PostformerConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_default_rope_parameters(config: PostformerConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        """Unscaled RoPE: inverse frequencies theta^(-2i/d); the attention scaling factor is 1."""
         dim = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-        freqs = torch.arange(config.max_position_embeddings, dtype=torch.int64).float()[:, None] * inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos(), emb.sin()
+        base = config.rope_parameters["rope_theta"]
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim))
+        return inv_freq, 1.0
 
+    @torch.no_grad()
+    @dynamic_rope_update  # dynamic and longrope scaling recompute inv_freq for long inputs
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cos[position_ids].to(x.dtype), self.sin[position_ids].to(x.dtype)
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
 
 
 def apply_rotary(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -163,7 +183,9 @@ def eager_attention_forward(
 class PostformerAttention(nn.Module):
     """Multi-head (or grouped-query, when num_key_value_heads < num_attention_heads) causal self-attention.
 
-    Queries, keys and values come from one fused projection: one matrix multiply instead of three.
+    Queries, keys and values have a projection each, as in Llama: tensor parallelism shards each by heads, and
+    serving engines recognise and fuse them. (Postformer 0.1 saved one fused `qkv_proj`; such folders are split
+    into the three at load time, see the conversion mapping at the end of this file.)
     """
 
     def __init__(self, config: PostformerConfig, layer_idx: int):
@@ -178,7 +200,9 @@ class PostformerAttention(nn.Module):
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
 
-        self.qkv_proj = nn.Linear(config.hidden_size, (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim)
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size)
         self.o_proj.is_residual_output = True  # scaled at init, see _init_weights
         self.relative_positions = PostformerRelativePositions(config) if config.use_relative_position else None
@@ -193,11 +217,13 @@ class PostformerAttention(nn.Module):
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
-        qkv = self.qkv_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
-        query_and_key, value_states = qkv.split([self.num_heads + self.num_key_value_heads, self.num_key_value_heads], 1)
-        if position_embeddings is not None:  # rotary positions: queries and keys rotated in one pass
-            query_and_key = apply_rotary(query_and_key, *position_embeddings)
-        query_states, key_states = query_and_key.split([self.num_heads, self.num_key_value_heads], dim=1)
+        hidden_shape = (*input_shape, -1, self.head_dim)  # -1: the heads on this rank under tensor parallelism
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        if position_embeddings is not None:  # rotary positions
+            query_states = apply_rotary(query_states, *position_embeddings)
+            key_states = apply_rotary(key_states, *position_embeddings)
 
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
@@ -389,6 +415,11 @@ class PostformerPreTrainedModel(PreTrainedModel):
             return "eager"
         return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        # transformers reverses registered checkpoint conversions on save unless told not to; the conversion below
+        # only reads 0.1 folders, so new saves keep the current layout (separate q/k/v projections).
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         if getattr(module, "is_residual_output", False):
@@ -399,11 +430,7 @@ class PostformerPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         else:
             super()._init_weights(module)
-        if isinstance(module, PostformerRotaryEmbedding):
-            cos, sin = module.compute_tables(module.config)
-            init.copy_(module.cos, cos)
-            init.copy_(module.sin, sin)
-        elif isinstance(module, PostformerSinusoidalEmbedding):
+        if isinstance(module, PostformerSinusoidalEmbedding):
             init.copy_(module.table, module.compute_table(module.config))
 
 
@@ -436,6 +463,21 @@ class PostformerModel(PostformerPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    def check_positions(self, position_ids: torch.Tensor, row_length) -> None:
+        """Sinusoidal and learned positions are a table that ends at max_position_embeddings: refuse positions past
+        it with a clear error instead of an index error. Judged by positions, not row length, so a packed row of
+        short sequences passes. (Rotary positions have no such end.) Skipped while compiling: the check reads
+        a tensor value."""
+        limit = self.config.max_position_embeddings
+        if torch.compiler.is_compiling() or (isinstance(row_length, int) and row_length <= limit):
+            return
+        last = int(position_ids.max())
+        if last >= limit:
+            raise ValueError(
+                f"sequence too long: position {last} is past the end of the {self.config.position_embedding_type} "
+                f"position table (max_position_embeddings={limit}); truncate the input or use a sliding window"
+            )
+
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @merge_with_config_defaults
     @capture_outputs
@@ -458,18 +500,15 @@ class PostformerModel(PostformerPreTrainedModel):
 
         seq_length = inputs_embeds.shape[1]
         past_seen_tokens = cache.get_seq_length() if cache is not None else 0
-        if isinstance(past_seen_tokens, int) and past_seen_tokens + seq_length > self.config.max_position_embeddings:
-            raise ValueError(
-                f"sequence too long: {past_seen_tokens + seq_length} tokens ({past_seen_tokens} cached + "
-                f"{seq_length} new) exceed max_position_embeddings={self.config.max_position_embeddings}; "
-                "truncate the input or use a sliding window"
-            )
-        # Raw indices of the new tokens; positions seen by the model come from position_ids, which
-        # generate() shifts past left padding. Relative distances j - i use raw indices: padding sits to the
-        # left of every real token, so distances between real tokens are the same either way.
+        # Raw indices of the new tokens; positions seen by the model come from position_ids, which generate()
+        # shifts past left padding and which restart at 0 for each sequence of a packed row. Relative distances
+        # j - i use raw indices: padding sits to the left of every real token, and the causal mask keeps the
+        # sequences of a packed row apart, so distances between tokens that attend to each other are the same.
         query_positions = torch.arange(seq_length, device=inputs_embeds.device) + past_seen_tokens
         if position_ids is None:
             position_ids = query_positions.unsqueeze(0)
+        if self.embed_positions is not None:
+            self.check_positions(position_ids, past_seen_tokens + seq_length)
 
         causal_mask = create_causal_mask(
             config=self.config,
@@ -503,6 +542,8 @@ class PostformerForCausalLM(PostformerPreTrainedModel, GenerationMixin):
     """Postformer with a language-model head tied to the token embedding; `labels` give the shifted loss."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}  # vocabulary rows split across ranks, logits gathered
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: PostformerConfig):
         super().__init__(config)
@@ -510,11 +551,6 @@ class PostformerForCausalLM(PostformerPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = PostformerLMHead(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-        # A post ends at end-of-post or at the design's separator: generation stops at either. Padding and
-        # beginning-of-post are never a continuation.
-        if config.sep_token_id is not None and config.eos_token_id is not None:
-            self.generation_config.eos_token_id = [config.eos_token_id, config.sep_token_id]
-        self.generation_config.suppress_tokens = [i for i in (config.pad_token_id, config.bos_token_id) if i is not None]
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
@@ -630,9 +666,51 @@ class PostformerForSequenceClassification(PostformerPreTrainedModel):
         )
 
 
+class PostformerForTokenClassification(GenericForTokenClassification, PostformerPreTrainedModel):
+    """Postformer with a linear head on every token (tagging hashtags, entities, spans in posts); transformers'
+    generic head (dropout, linear, token-level cross-entropy) on the Postformer decoder."""
+
+    def __init__(self, config: PostformerConfig):
+        # The generic head builds its body with AutoModel.from_config, which a process that loaded the model as
+        # remote code cannot resolve; the body is built directly instead.
+        PostformerPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = PostformerModel(config)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(config.hidden_dropout if dropout is None else dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+
+class PostformerForQuestionAnswering(GenericForQuestionAnswering, PostformerPreTrainedModel):
+    """Postformer with span start/end logits per token (extractive question answering over posts); transformers'
+    generic head on the Postformer decoder."""
+
+    def __init__(self, config: PostformerConfig):
+        PostformerPreTrainedModel.__init__(self, config)
+        self.model = PostformerModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+
+# Postformer 0.1 saved queries, keys and values as one fused `qkv_proj` (all query rows, then key rows, then value
+# rows). Loading such a folder splits it into q_proj, k_proj and v_proj, sized from the model. Registered under
+# the model type, which also covers this file when it runs as remote code.
+register_checkpoint_conversion_mapping(
+    "postformer",
+    [
+        WeightConverter(f"self_attn.qkv_proj.{kind}", [f"self_attn.{name}_proj.{kind}" for name in "qkv"], [Split(dim=0)])
+        for kind in ("weight", "bias")
+    ],
+    overwrite=True,
+)
+
+
 __all__ = [
     "PostformerPreTrainedModel",
     "PostformerModel",
     "PostformerForCausalLM",
     "PostformerForSequenceClassification",
+    "PostformerForTokenClassification",
+    "PostformerForQuestionAnswering",
 ]

@@ -11,6 +11,7 @@ from .posts_tokenizer import (
     URL_TOKEN,
     build_tokenizer,
     config_token_ids,
+    posts_generation_config,
     minimum_vocab_size,
     train_tokenizer,
     wrap_tokenizer,
@@ -20,6 +21,6 @@ from .train import train_posts_tokenizer
 
 __all__ = [
     "BOS", "EOS", "PAD", "SEP", "SPECIAL_TOKENS", "URL_TOKEN", "MENTION_TOKEN", "POSTS_SPLIT_PATTERN",
-    "build_tokenizer", "train_tokenizer", "wrap_tokenizer", "config_token_ids", "minimum_vocab_size",
+    "build_tokenizer", "train_tokenizer", "wrap_tokenizer", "config_token_ids", "posts_generation_config", "minimum_vocab_size",
     "ENTITY_PATTERNS", "fertility_report", "format_report", "train_posts_tokenizer",
 ]

@@ -137,6 +137,22 @@ def wrap_tokenizer(tokenizer: Tokenizer, model_max_length: int = 512) -> PreTrai
     )
 
 
+def posts_generation_config(tokenizer: PreTrainedTokenizerFast):
+    """The generation defaults of a model trained on posts with this tokenizer, written to the model folder's
+    generation_config.json: a post ends at end-of-post ("</s>") or at the separator ("<sep>"), so generation
+    stops at either; padding and beginning-of-post are never a continuation, so they are suppressed. (The model
+    class itself generates plainly: these ids belong to the tokenizer, not the architecture.)"""
+    from transformers import GenerationConfig
+
+    stop = [i for i in (tokenizer.eos_token_id, tokenizer.sep_token_id) if i is not None]
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=stop,
+        pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=[i for i in (tokenizer.pad_token_id, tokenizer.bos_token_id) if i is not None],
+    )
+
+
 def config_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict:
     """The config fields a model built for this tokenizer takes from it."""
     return dict(

@@ -12,13 +12,16 @@
 
 LoRA targets, by default, every Linear layer inside the Postformer blocks (DEFAULT_LORA_TARGET_MODULES):
 
-- `qkv_proj`: the fused query/key/value projection of each attention layer;
+- `q_proj`, `k_proj`, `v_proj`: the query, key and value projections of each attention layer;
 - `o_proj`: the attention output projection;
 - `up_proj`, `down_proj`: the two layers of each feed-forward block.
 
 The LM head (`lm_head`) is left out: it is tied to the token embeddings, and adapting it would untie them. Any
 Linear module of the model may be named with `target_modules` (its last name component, e.g. "o_proj", or its full
 dotted path); a name that matches no Linear module is a ValueError that lists the model's Linear module names.
+
+Adapters trained on Postformer 0.1 target its fused `qkv_proj`, which models no longer have: `upgrade_adapter`
+(`postformer upgrade-adapter OLD --output-dir NEW`) rewrites such an adapter for q_proj/k_proj/v_proj, exactly.
 """
 
 import dataclasses
@@ -30,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-DEFAULT_LORA_TARGET_MODULES = ("qkv_proj", "o_proj", "up_proj", "down_proj")
+DEFAULT_LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -334,5 +337,52 @@ def _drop_load_time_tokenizer_options(path: Path) -> None:
         path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def upgrade_adapter(adapter_dir, output_dir, model_dir=None) -> Path:
+    """Rewrite a LoRA adapter of Postformer 0.1 (targeting the fused `qkv_proj`) for separate q_proj, k_proj and
+    v_proj; return the output folder. The fused update B A splits exactly: each projection gets the shared A and
+    its own rows of B (query rows, then key rows, then value rows, as 0.1 laid them out), so the upgraded adapter
+    gives the same outputs. Other targets are copied unchanged. The q/k/v sizes come from the base model's
+    config.json in `model_dir` (default: the folder above the adapter, where `finetune` puts the model). Raises
+    ValueError when the adapter has no `qkv_proj` target."""
+    from safetensors.torch import load_file, save_file
+
+    from ..model_files import saving
+
+    adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
+    model_dir = adapter_dir.parent if model_dir is None else Path(model_dir)
+    config_path, weights_path = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
+    for path in (config_path, weights_path, model_dir / "config.json"):
+        if not path.is_file():
+            raise FileNotFoundError(f"upgrade_adapter: {path} is missing")
+    adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+    targets = adapter_config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    if "qkv_proj" not in targets:
+        raise ValueError(f"{adapter_dir}: the adapter does not target qkv_proj (targets: {targets}); nothing to upgrade")
+    model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    heads = model_config["num_attention_heads"]
+    head_dim = model_config["hidden_size"] // heads
+    kv_heads = model_config.get("num_key_value_heads") or heads
+    sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+
+    upgraded = {}
+    for key, tensor in load_file(str(weights_path)).items():
+        if ".qkv_proj." not in key:
+            upgraded[key] = tensor
+        elif ".lora_A." in key:  # the shared down-projection, one copy per projection
+            for name in "qkv":
+                upgraded[key.replace(".qkv_proj.", f".{name}_proj.")] = tensor.clone()
+        elif ".lora_B." in key and tensor.shape[0] == sum(sizes):
+            for name, part in zip("qkv", torch.split(tensor, sizes, dim=0)):
+                upgraded[key.replace(".qkv_proj.", f".{name}_proj.")] = part.contiguous()
+        else:
+            raise ValueError(f"{adapter_dir}: cannot upgrade {key} {tuple(tensor.shape)} for the model in {model_dir}")
+    adapter_config["target_modules"] = sorted(set(targets) - {"qkv_proj"} | {"q_proj", "k_proj", "v_proj"})
+    with saving(output_dir, "the upgraded adapter") as staging:
+        save_file(upgraded, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
+    return output_dir
+
+
 __all__ = ["DEFAULT_LORA_TARGET_MODULES", "FinetuneConfig", "finetune", "run_finetune", "check_target_modules",
-           "linear_module_names"]
+           "linear_module_names", "upgrade_adapter"]

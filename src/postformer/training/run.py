@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainin
 from ..data import load_posts
 from ..hub_cards import write_model_card
 from ..modeling import PostformerConfig, PostformerForCausalLM
-from ..tokenization import config_token_ids, train_tokenizer
+from ..tokenization import config_token_ids, posts_generation_config, train_tokenizer
 from .data import pack_posts, tokens_per_character
 from .trainer import PostformerTrainer, SampleGenerationCallback, staged_save, write_atomically
 
@@ -215,6 +215,7 @@ def train(config: TrainingConfig) -> dict:
 
     set_seed(config.seed)  # the initial weights depend on the seed alone, so runs are reproducible
     model = PostformerForCausalLM(model_config)
+    model.generation_config = posts_generation_config(tokenizer)  # saved as the folder's generation_config.json
     trainer = PostformerTrainer(
         model=model,
         args=args,
