@@ -123,7 +123,6 @@ def tensor_bytes(path) -> int:
 
 
 def test_half_precision_halves_the_weights_and_int8_shrinks_the_linear_ones(model_dir, tmp_path):
-    before = weights_size(model_dir)
     half = compress_model(model_dir, tmp_path / "bf16", dtype="bf16", **QUICK)
     assert half["size_ratio"] == pytest.approx(0.5, abs=0.02)  # 2 bytes for 4; the header is a few KB
 

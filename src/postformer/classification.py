@@ -34,7 +34,8 @@ from ._text import check_text
 from .hub_cards import write_model_card
 from .data import _SPLIT_NAMES, _format_of, _load_files, _split_files
 from .model_files import WEIGHT_FILES, check_model_folder
-from .model_files import check_vocab, check_weights, check_writable, load_config, load_tokenizer, saving
+from .model_files import check_vocab, check_weights, load_config, load_tokenizer
+from .saving import check_writable, saving
 from .modeling import PostformerForCausalLM, PostformerForSequenceClassification
 
 MAX_LISTED_ROWS = 10  # rows named in an error message; the count is always given in full

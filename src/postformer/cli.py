@@ -594,7 +594,7 @@ def main(argv=None) -> int:
             print(f"postformer {args.command}: error: {error}", file=sys.stderr)
             return 2
         except Exception as error:
-            from .model_files import DiskFullError, is_disk_full
+            from .saving import DiskFullError, is_disk_full
 
             if not is_disk_full(error):
                 raise

@@ -54,7 +54,7 @@ from torch.nn.utils import prune as torch_prune
 from .hub_cards import write_model_card
 from .generation import check_model_dir, load_model_and_tokenizer
 from .model_files import WEIGHT_FILES
-from .model_files import check_writable, saving
+from .saving import check_writable, saving, write_text
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 PRUNE_SCOPES = ("global", "layer")
@@ -338,7 +338,7 @@ def compress_model(
         "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
                      "torchao": _version("torchao") if int8 else None},
     }
-    (target / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_text(target / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     write_model_card(target, base_model=str(source))  # replaces the source's card, copied above
     return report
 

@@ -13,25 +13,15 @@ reported the same way everywhere, as a ValueError naming the file:
 config.json fields this version does not know (written by a newer version) do not stop loading: they are kept
 as attributes, as transformers does, and named in an `UnknownConfigFieldsWarning`.
 
-Writing: `check_writable` refuses an output folder that cannot be written before any work is done, and
-`saving` stages a save in a temporary folder inside the output folder and moves the files into place only
-once all are written, so a failed save (disk full, ...) leaves the folder as it was; running out of space is
-reported as a `DiskFullError` naming what was being saved and where.
+Writing model folders (staged, atomic saves, disk-full errors) lives in `postformer.saving`.
 """
 
 import copy
-import errno
 import json
-import os
-import shutil
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-
-DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
 
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -71,10 +61,6 @@ def check_model_folder(model_dir) -> tuple[Path, dict]:
 
 class UnknownConfigFieldsWarning(UserWarning):
     """config.json holds fields this version of postformer does not know (a newer version wrote it)."""
-
-
-class DiskFullError(OSError):
-    """No space left on the device while saving; the message names what was being saved and where."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,67 +233,4 @@ def check_vocab(tokenizer, config, path: str | Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Writing
 
-
-def check_writable(folder: str | Path, option: str = "--output-dir") -> Path:
-    """Raise PermissionError (NotADirectoryError for a file in the way) unless `folder` can be created or
-    written to; checked before any work, so that a long run does not end on a save that cannot happen."""
-    folder = Path(folder)
-    existing = folder
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise NotADirectoryError(f"cannot create output folder {str(folder)!r}: {str(existing)!r} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = "it" if existing == folder else f"{str(existing)!r}, where it would be created,"
-        raise PermissionError(
-            f"cannot write to output folder {str(folder)!r}: {where} is not writable (permission denied or a "
-            f"read-only file system); choose another {option} or change its permissions"
-        )
-    return folder
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """True for an error that says the device is full (or the quota is used up): an OSError, or the error of a
-    library written in Rust (safetensors raises a SafetensorError, tokenizers a bare Exception), which carries
-    the OS error only in its message."""
-    if isinstance(error, OSError):
-        return error.errno in DISK_FULL_ERRNOS
-    text = str(error)
-    return "No space left on device" in text or "(os error 28)" in text or "Disk quota exceeded" in text
-
-
-def disk_full_error(what: str, folder: str | Path, cause: BaseException | None = None) -> DiskFullError:
-    detail = f" ({' '.join(str(cause).split())})" if cause is not None else ""
-    error = DiskFullError(
-        f"no space left on device while saving {what} to {str(folder)!r}{detail}; what the folder held before is "
-        "unchanged and the partial save was removed: free some space and run again"
-    )
-    error.errno = errno.ENOSPC
-    return error
-
-
-@contextmanager
-def saving(folder: str | Path, what: str):
-    """Yield a temporary folder inside `folder` to save `what` (words for messages: "the model") into; when the
-    block ends without error the files are moved into `folder` (see training.trainer.staged_save), otherwise
-    the temporary folder is removed and `folder` keeps what it held. Disk full becomes a DiskFullError and a
-    permission error a PermissionError, both naming `what` and `folder`."""
-    from .training.trainer import PARTIAL_PREFIX, staged_save
-
-    folder = Path(folder)
-    staging = folder / f"{PARTIAL_PREFIX}save"
-    try:
-        with staged_save(folder) as staging:
-            yield staging
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if is_disk_full(error):
-            raise disk_full_error(what, folder, error) from error
-        if isinstance(error, PermissionError):
-            raise PermissionError(f"cannot save {what} to {str(folder)!r}: permission denied "
-                                  f"({' '.join(str(error).split())})") from error
-        raise
-
-
-__all__ = ["UnknownConfigFieldsWarning", "DiskFullError", "load_config", "check_weights", "load_tokenizer",
-           "check_vocab", "check_writable", "is_disk_full", "disk_full_error", "saving"]
+__all__ = ["UnknownConfigFieldsWarning", "load_config", "check_weights", "load_tokenizer", "check_vocab"]

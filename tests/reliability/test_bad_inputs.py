@@ -31,7 +31,8 @@ from conftest import TINY_POSTS
 from postformer.cli import main as cli
 from postformer.data import SkippedLinesWarning, load_posts, load_posts_split
 from postformer.generation import generate_posts, load_model_and_tokenizer
-from postformer.model_files import DiskFullError, UnknownConfigFieldsWarning
+from postformer.model_files import UnknownConfigFieldsWarning
+from postformer.saving import DiskFullError
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,8 @@ A missing optional file drops its section.
 
 import json
 import math
-import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -35,6 +33,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from ..saving import write_text
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card_template.md"
 BUNDLED_DATA_CARD = Path(__file__).resolve().parent.parent / "data" / "posts" / "README.md"
@@ -183,16 +183,7 @@ def write_model_card(model_dir: str | Path, base_model: str | None = None, *, li
     """
     folder = Path(model_dir)
     card = validate_model_card(render_model_card(folder, base_model, license=license))
-    path = folder / "README.md"
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".README.", suffix=".md.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-            file.write(str(card))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(folder / "README.md", str(card))
 
 
 def validate_model_card(card_or_path: "ModelCard | str | Path") -> ModelCard:

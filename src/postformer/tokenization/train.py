@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from ..data import load_posts
-from ..model_files import check_writable, saving
+from ..saving import check_writable, saving
 from .posts_tokenizer import train_tokenizer
 from .report import fertility_report
 

@@ -90,7 +90,7 @@ def _check_config(config: FinetuneConfig) -> None:
 def _check_output_dir(model_dir: Path, output_dir: Path) -> None:
     """Refuse to overwrite a model (or the base model itself) or a folder that cannot be written; an empty or
     model-free folder is fine."""
-    from ..model_files import check_writable
+    from ..saving import check_writable
 
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"output folder {output_dir} is a file")
@@ -201,7 +201,7 @@ def run_finetune(config: FinetuneConfig) -> dict:
     from ..data import load_posts
     from ..generation import check_model_dir, load_model_and_tokenizer
     from ..hub_cards import write_model_card
-    from ..model_files import saving
+    from ..saving import saving
     from .data import pack_posts
     from .run import plot_loss_curve
 
@@ -346,7 +346,7 @@ def upgrade_adapter(adapter_dir, output_dir, model_dir=None) -> Path:
     ValueError when the adapter has no `qkv_proj` target."""
     from safetensors.torch import load_file, save_file
 
-    from ..model_files import saving
+    from ..saving import saving
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     model_dir = adapter_dir.parent if model_dir is None else Path(model_dir)

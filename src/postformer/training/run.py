@@ -19,7 +19,8 @@ from ..hub_cards import write_model_card
 from ..modeling import PostformerConfig, PostformerForCausalLM
 from ..tokenization import config_token_ids, posts_generation_config, train_tokenizer
 from .data import pack_posts, tokens_per_character
-from .trainer import PostformerTrainer, SampleGenerationCallback, staged_save, write_atomically
+from ..saving import staged_save, write_text
+from .trainer import PostformerTrainer, SampleGenerationCallback
 
 SAMPLE_PROMPTS = ["Breaking news:", "Happy birthday to", "We are proud to announce", "Watch:"]
 MODEL_FIELDS = (
@@ -227,8 +228,7 @@ def train(config: TrainingConfig) -> dict:
         callbacks=[SampleGenerationCallback(tokenizer, config.sample_prompts)],
     )
     if args.should_save:
-        text = json.dumps(dataclasses.asdict(config), indent=2) + "\n"
-        write_atomically(output_dir / "training_config.json", lambda tmp: tmp.write_text(text))
+        write_text(output_dir / "training_config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = {**train_output.metrics, **final_evaluation(trainer)}
@@ -237,7 +237,7 @@ def train(config: TrainingConfig) -> dict:
         model.config.use_cache = True  # Trainer turned the cache off for training; generation wants it
         trainer.save_model(str(output_dir))  # safetensors, config with auto_map, source files, generation config
         trainer.save_state()
-        write_atomically(output_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
+        write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         plot_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")
         write_model_card(output_dir)  # README.md with Hub metadata, from the files written above
     return metrics

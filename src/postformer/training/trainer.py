@@ -4,7 +4,7 @@
 - training logs report tokens/second and model-FLOP utilisation against the machine's measured matmul peak;
 - a non-finite loss stops training with a clear error, before anything is saved from the bad step;
 - weight decay applies to matrices only (not to norms, biases or embeddings);
-- checkpoints and saved models are whole or absent (see "Saving" below), and nothing is pickled but the
+- checkpoints and saved models are whole or absent (`postformer.saving`), and nothing is pickled but the
   optimizer, scheduler and RNG states that resuming needs (and loads with `torch.load(weights_only=True)`).
 Sample generations at each evaluation come from `SampleGenerationCallback`.
 """
@@ -14,8 +14,6 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,6 +21,8 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from ..saving import PARTIAL_PREFIX, _fsync, _fsync_tree, remove_partial_saves, staged_save, write_atomically
 
 
 class NonFiniteLossError(RuntimeError):
@@ -55,90 +55,6 @@ def flops_per_token(model: nn.Module, sequence_length: int) -> float:
     config = model.config
     n_params = sum(p.numel() for p in model.parameters())
     return 6 * n_params + 12 * config.num_hidden_layers * config.hidden_size * sequence_length
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Saving: whole or absent. Everything is written under a temporary name (PARTIAL_PREFIX) in the folder it is
-# meant for, synced, then renamed into place: a rename within one file system is atomic, so a process killed at
-# any moment leaves the previous file or folder, or the new one, never part of one. Whatever a killed process
-# left under the prefix is removed by the next `PostformerTrainer.train` (or the next save of the same kind).
-
-PARTIAL_PREFIX = ".tmp-"  # reserved in output folders: entries with it are unfinished saves
-
-
-def _fsync(path: str | Path) -> None:
-    """Flush a file (or a folder's entries) to disk, so that a rename done after it never reaches the disk
-    before the data it names (after a power cut, not only a killed process). Folders cannot be opened on
-    Windows and some file systems refuse to sync them: skipped, as there is nothing better to do."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(folder: str | Path) -> None:
-    for root, _, files in os.walk(folder):
-        for name in files:
-            _fsync(os.path.join(root, name))
-        _fsync(root)
-
-
-def write_atomically(path: str | Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` writes the file under a temporary name beside `path`, which then replaces `path`."""
-    path = Path(path)
-    tmp = path.with_name(PARTIAL_PREFIX + path.name)
-    write(tmp)
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-@contextmanager
-def staged_save(folder: str | Path, main_process: bool = True):
-    """Yield a temporary folder inside `folder` to save files into; on success, move them into `folder`.
-
-    Each file is renamed into place (whole, replacing any old one); config.json goes last, and an old one is
-    removed first, so a folder with a config.json holds a complete model of one save. Other processes (not
-    `main_process`) get the same path, to take part in collective saves, and publish nothing.
-    """
-    folder = Path(folder)
-    staging = folder / f"{PARTIAL_PREFIX}save"
-    if main_process:
-        shutil.rmtree(staging, ignore_errors=True)  # left by a killed save
-        staging.mkdir(parents=True)
-    yield staging
-    if not main_process:
-        return
-    _fsync_tree(staging)
-    entries = sorted(staging.iterdir(), key=lambda entry: (entry.name == "config.json", entry.name))
-    if entries and entries[-1].name == "config.json":
-        (folder / "config.json").unlink(missing_ok=True)
-    for entry in entries:
-        target = folder / entry.name
-        if entry.is_dir() and target.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    _fsync(folder)
-    staging.rmdir()
-
-
-def remove_partial_saves(folder: str | Path) -> list[str]:
-    """Remove what killed saves left in `folder` (names starting with PARTIAL_PREFIX); return their names."""
-    folder = Path(folder)
-    removed = sorted(p.name for p in folder.glob(PARTIAL_PREFIX + "*")) if folder.is_dir() else []
-    for name in removed:
-        path = folder / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    return removed
 
 
 class PostformerTrainer(Trainer):
