@@ -110,11 +110,12 @@ def main(argv=None):
         tmp = Path(tmp)
         model_dir = args.model
         if model_dir is None:
-            from postformer.training import TrainingConfig, train
+            from postformer.training import train
+            from postformer.training.arguments import command_arguments
 
             print("training the default model ...", flush=True)
             model_dir = tmp / "small"
-            train(TrainingConfig(output_dir=str(model_dir), disable_progress_bar=True))
+            train(*command_arguments("train", output_dir=str(model_dir), quiet=True))
         texts = load_posts_split(None, "text", "validation")[: args.max_posts]
 
         models, results = {}, {}

@@ -16,25 +16,27 @@ from pathlib import Path
 import torch
 import transformers
 
-from postformer.training import TrainingConfig, train
+from postformer.training import train
+from postformer.training.arguments import command_arguments
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main():
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainingConfig(output_dir=str(Path(tmp) / "small"), disable_progress_bar=True)
+        job, args = command_arguments("train", output_dir=str(Path(tmp) / "small"), quiet=True)
         start = time.perf_counter()
-        metrics = train(config)
+        metrics = train(job, args)
         wall = time.perf_counter() - start
-        history = json.loads((Path(config.output_dir) / "trainer_state.json").read_text())["log_history"]
+        history = json.loads((Path(args.output_dir) / "trainer_state.json").read_text())["log_history"]
     rates = [e["tokens_per_second"] for e in history if "tokens_per_second" in e]
     mfus = [e["mfu"] for e in history if "mfu" in e]
     result = {
         "command": "python " + " ".join(sys.argv),
         "machine": {"torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
                     "platform": platform.platform(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-        "config": {k: getattr(config, k) for k in ("preset", "max_steps", "batch_size", "block_size", "learning_rate", "vocab_size")},
+        "config": {"preset": job.preset, "max_steps": args.max_steps, "batch_size": args.per_device_train_batch_size,
+                   "block_size": job.block_size, "learning_rate": args.learning_rate, "vocab_size": job.vocab_size},
         "wall_time_s": wall,
         "train_runtime_s": metrics["train_runtime"],
         "parameters": metrics["parameters"],

@@ -1,6 +1,5 @@
 """Model cards: rendered from what a saved folder holds, parsed back with huggingface_hub, usage snippet run."""
 
-import dataclasses
 import json
 import math
 import re
@@ -15,14 +14,14 @@ from postformer import PostformerForCausalLM, PostformerForSequenceClassificatio
 from postformer.cli import main as cli
 from postformer.hub_cards import render_model_card, validate_model_card, write_model_card
 from postformer.tokenization import config_token_ids, train_tokenizer
-from postformer.training import TrainingConfig
+from postformer.training.arguments import command_arguments, run_record
 
 METRICS = {"train_runtime": 12.5, "train_loss": 4.25, "epoch": 1.5, "eval_loss": 3.98765, "eval_perplexity": 53.9416,
            "eval_bits_per_character": 1.81234, "eval_runtime": 0.5}
 
 
 def training_config(**overrides) -> dict:
-    return dataclasses.asdict(TrainingConfig(**{"hidden_size": 32, "sample_prompts": ["Breaking news:"], **overrides}))
+    return run_record(*command_arguments("train", **{"hidden_size": 32, "sample_prompts": ["Breaking news:"], **overrides}))
 
 
 def write_json(path, value):

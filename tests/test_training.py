@@ -2,10 +2,12 @@
 
 import json
 import math
+import re
+import shlex
 
 import pytest
-from huggingface_hub import ModelCard
 import torch
+from huggingface_hub import ModelCard
 from conftest import run_without_postformer, tiny_config
 from safetensors.torch import load_file
 
@@ -16,11 +18,11 @@ from postformer.tokenization import config_token_ids, train_tokenizer
 from postformer.training import (
     NonFiniteLossError,
     PostformerTrainer,
-    TrainingConfig,
     pack_posts,
     tokens_per_character,
     train,
 )
+from postformer.training.arguments import command_arguments
 from postformer.training.trainer import flops_per_token
 
 TINY = dict(
@@ -38,8 +40,13 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("run") / "tiny"
-    config = TrainingConfig(output_dir=str(output), max_steps=60, eval_steps=20, save_steps=20, sample_prompts=["Breaking news:"], **TINY)
-    return output, train(config)
+    return output, train(*options(output_dir=str(output), max_steps=60, eval_steps=20, save_steps=20,
+                                  sample_prompts=["Breaking news:"], **TINY))
+
+
+def options(**values):
+    """`postformer train`'s arguments (job, training arguments) from option names, as the command line splits them."""
+    return command_arguments("train", **values)
 
 
 def test_tiny_run_validation_loss_falls(tiny_run):
@@ -154,10 +161,9 @@ def test_flops_per_token_formula(tokenizer):
     assert flops_per_token(model, 32) == 6 * n + 12 * 2 * 32 * 32
 
 
-def test_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path, monkeypatch, capsys):
     common = dict(max_steps=30, eval_steps=10, save_steps=10, logging_steps=1, sample_prompts=[], hidden_dropout=0.1)
-    reference = TrainingConfig(output_dir=str(tmp_path / "reference"), **{**TINY, **common})
-    train(reference)
+    train(*options(output_dir=str(tmp_path / "reference"), **{**TINY, **common}))
 
     original_step = PostformerTrainer.training_step
 
@@ -166,13 +172,20 @@ def test_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path, mo
             raise KeyboardInterrupt("simulated kill")
         return original_step(self, *args, **kwargs)
 
-    interrupted = TrainingConfig(output_dir=str(tmp_path / "interrupted"), **{**TINY, **common})
+    interrupted = {**TINY, **common}
+    capsys.readouterr()
     monkeypatch.setattr(PostformerTrainer, "training_step", killed_at_step_25)
-    with pytest.raises(KeyboardInterrupt):
-        train(interrupted)
+    config = _write_config(tmp_path, interrupted)
+    argv = ["train", "--output-dir", str(tmp_path / "interrupted"), "--config", config]
+    assert cli(argv) == 130  # Ctrl-C: one line naming the step and the command that resumes
+    message = capsys.readouterr().err.strip().splitlines()
+    assert message == [f"postformer train: interrupted at step 25; resume with: postformer {shlex.join(argv)} --resume"]
     monkeypatch.setattr(PostformerTrainer, "training_step", original_step)
     assert not (tmp_path / "interrupted" / "model.safetensors").exists()
-    assert cli(["train", "--output-dir", str(tmp_path / "interrupted"), "--resume", "--config", _write_config(tmp_path, interrupted)]) == 0
+    assert cli([*argv, "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert f"resuming from {tmp_path / 'interrupted' / 'checkpoint-20'} (step 20)" in printed.out
+    assert "missing keys" not in printed.err  # the tied LM head is tied again, silently
 
     expected = load_file(tmp_path / "reference" / "model.safetensors")
     resumed = load_file(tmp_path / "interrupted" / "model.safetensors")
@@ -187,14 +200,11 @@ def test_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path, mo
     assert losses("interrupted") == losses("reference") and len(losses("reference")) == 30
 
 
-def _write_config(tmp_path, config):
-    import dataclasses
-
-    path = tmp_path / "config.yaml"
+def _write_config(tmp_path, values):
     import yaml
 
-    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("output_dir", "resume")}
-    path.write_text(yaml.safe_dump(values))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values))  # earlier names (batch_size, disable_progress_bar) included
     return str(path)
 
 
@@ -208,9 +218,9 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
         return original_step(self, model, inputs, num_items_in_batch)
 
     monkeypatch.setattr(PostformerTrainer, "training_step", nan_from_step_12)
-    config = TrainingConfig(output_dir=str(tmp_path / "run"), max_steps=30, eval_steps=10, save_steps=10, sample_prompts=[], **TINY)
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 13: training stopped"):
-        train(config)
+        train(*options(output_dir=str(tmp_path / "run"), max_steps=30, eval_steps=10, save_steps=10, sample_prompts=[],
+                       **TINY))
     assert not (tmp_path / "run" / "model.safetensors").exists()
     checkpoint = load_file(tmp_path / "run" / "checkpoint-10" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in checkpoint.values())
@@ -225,7 +235,7 @@ def test_output_folder_holding_another_model_is_refused_and_left_intact(tiny_run
     output, _ = tiny_run
     before = {p.name: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
     with pytest.raises(FileExistsError, match="already holds a model or checkpoints; nothing was overwritten"):
-        train(TrainingConfig(output_dir=str(output), max_steps=5, **TINY))
+        train(*options(output_dir=str(output), max_steps=5, **TINY))
     assert cli(["train", "--output-dir", str(output), "--max-steps", "5"]) == 2
     assert "already holds a model" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()} == before
@@ -248,15 +258,73 @@ def test_bad_training_input_is_a_clear_error(tmp_path, monkeypatch, overrides, e
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "posts.jsonl").write_text("\n".join(json.dumps({"text": f"post {i} " * 8}) for i in range(40)))
-    config = TrainingConfig(output_dir=str(tmp_path / "out"), **{**TINY, "max_steps": 2, **overrides})
     with pytest.raises(error, match=message):
-        train(config)
+        train(*options(output_dir=str(tmp_path / "out"), **{**TINY, "max_steps": 2, **overrides}))
+
+
+def _parsed(argv):
+    from postformer.cli import _expand_config, _parse, build_parser
+    from postformer.training.arguments import dataclasses_from_namespace
+
+    parser = build_parser()
+    return dataclasses_from_namespace("train", _parse(parser, _expand_config(parser, argv)))
 
 
 def test_config_file_and_flags(tmp_path):
-    (tmp_path / "c.json").write_text(json.dumps({"preset": "medium", "learning_rate": 1e-4, "max_steps": 7}))
-    config = TrainingConfig.from_file(tmp_path / "c.json", max_steps=9)
-    assert (config.preset, config.learning_rate, config.max_steps) == ("medium", 1e-4, 9)
-    (tmp_path / "bad.yaml").write_text("learning_rat: 0.1\n")
-    with pytest.raises(ValueError, match=r"unknown option\(s\) in .*bad.yaml: \['learning_rat'\]"):
-        TrainingConfig.from_file(tmp_path / "bad.yaml")
+    (tmp_path / "c.json").write_text(json.dumps({"preset": "medium", "learning_rate": 1e-4, "max_steps": 7,
+                                                 "batch_size": 4, "precision": "bf16", "sample_prompts": ["Hi"]}))
+    job, args = _parsed(["train", "--config", str(tmp_path / "c.json"), "--max-steps", "9"])
+    assert (job.preset, args.learning_rate, args.max_steps) == ("medium", 1e-4, 9)  # the flag wins
+    assert (args.per_device_train_batch_size, args.per_device_eval_batch_size, args.bf16) == (4, 4, True)
+    assert job.sample_prompts == ["Hi"]
+    # Trainer's own options reach the command line without being declared again
+    job, args = _parsed(["train", "--optim", "adamw_torch", "--gradient_checkpointing", "--report_to", "none"])
+    assert (args.optim.value, args.gradient_checkpointing, args.report_to) == ("adamw_torch", True, [])
+    assert (args.output_dir, args.max_steps, args.learning_rate, job.preset) == ("runs/small", 300, 2e-3, "small")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("learning_rat: 0.1\n", r"unknown option\(s\) in --config .*bad.yaml: \['learning_rat'\]"),
+    ("max_steps: [5\n", r"--config .*bad.yaml is not valid YAML \(line 2, column 1\): expected ',' or ']'"),
+    ("- 1\n- 2\n", r"--config .*bad.yaml must hold a mapping of option names to values, got list"),
+])
+def test_broken_config_file_is_one_clear_line(tmp_path, capsys, text, message):
+    (tmp_path / "bad.yaml").write_text(text)
+    assert cli(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("postformer train: error: ") and "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_wrongly_typed_config_value_and_mistyped_flags_are_named(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("max_steps: five\n")
+    with pytest.raises(SystemExit) as exit_status:
+        cli(["train", "--config", str(tmp_path / "bad.yaml")])
+    assert exit_status.value.code == 2
+    assert "argument --max_steps/--max-steps: invalid int value: 'five'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["train", "--lerning-rate", "0.1"])
+    err = capsys.readouterr().err
+    assert "usage: postformer train" in err
+    assert "unrecognized arguments: --lerning-rate 0.1; --lerning-rate (did you mean --learning-rate" in err
+
+
+def test_every_training_flag_has_help_and_the_version_is_printed(capsys):
+    from postformer import __version__
+    from postformer.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        cli(["--version"])
+    assert capsys.readouterr().out.strip() == f"postformer {__version__}"
+    train_parser = dict(_training_commands_of(build_parser()))["train"]
+    undocumented = [a.option_strings[0] for a in train_parser._actions if a.option_strings and not a.help]
+    assert undocumented == []
+    choices = {a.dest: a.choices for a in train_parser._actions}
+    assert set(choices["precision"]) == {"fp32", "bf16", "fp16"} and "cosine" in [str(c) for c in choices["lr_scheduler_type"]]
+    assert set(choices["preset"]) == {"small", "medium", "large", "base", "design"}
+
+
+def _training_commands_of(parser):
+    from postformer.cli import _training_commands
+
+    return _training_commands(parser).items()

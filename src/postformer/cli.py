@@ -10,9 +10,11 @@ of postformer's own (skipped malformed lines, unknown config.json fields) are pr
 import argparse
 import json
 import os
+import shlex
 import sys
 import warnings
 
+from .progress import progress_bars
 from .training.trainer import NonFiniteLossError
 
 
@@ -105,41 +107,17 @@ def _generate(args):
 
 
 def _train(args):
-    import dataclasses
+    from .training import train
+    from .training.arguments import dataclasses_from_namespace
 
-    from .training import TrainingConfig, train
-
-    fields = {f.name for f in dataclasses.fields(TrainingConfig)}
-    given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
-    config = TrainingConfig.from_file(args.config, **given) if args.config else TrainingConfig(**given)
-    metrics = train(config)
+    job, training_args = dataclasses_from_namespace("train", args)
+    metrics = train(job, training_args)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch, report once
         return
     keys = ("eval_loss", "eval_perplexity", "eval_bits_per_character", "train_runtime", "parameters")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
-    print(f"model, tokenizer, metrics.json, loss_curve.png and model card (README.md) written to {config.output_dir}")
-
-
-def _add_training_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainingConfig field; flags left out keep the --config file's or the default value."""
-    import dataclasses
-    import typing
-
-    from .training import TrainingConfig
-
-    hints = typing.get_type_hints(TrainingConfig)
-    defaults = TrainingConfig()
-    for f in dataclasses.fields(TrainingConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        help_text = f"(default: {getattr(defaults, f.name)})"
-        if kind in (bool, bool | None):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif f.name == "sample_prompts":
-            parser.add_argument(flag, nargs="*", default=None, help=help_text)
-        else:
-            base = next((t for t in typing.get_args(kind) or (kind,) if t is not type(None)), str)
-            parser.add_argument(flag, type=base, default=None, help=help_text)
+    print(f"model, tokenizer, metrics.json, loss_curve.png and model card (README.md) written to "
+          f"{training_args.output_dir}")
 
 
 def _posts_from_data(args) -> list[str]:
@@ -310,20 +288,16 @@ def _push(args):
 
 
 def _finetune(args):
-    from .training.finetune import finetune
+    from .training.arguments import dataclasses_from_namespace
+    from .training.finetune import run_finetune
 
-    metrics = finetune(
-        args.model, args.data, args.output_dir, lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout, target_modules=args.target_modules, epochs=args.epochs,
-        max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        block_size=args.block_size, seed=args.seed, base_model=args.base_model, text_field=args.text_field,
-        disable_progress_bar=args.quiet, on_bad_lines=_on_bad_lines(args),
-    )
+    job, training_args = dataclasses_from_namespace("finetune", args)
+    metrics = run_finetune(job, training_args)
     keys = ("eval_loss_before", "eval_loss", "eval_perplexity_before", "eval_perplexity", "train_runtime",
             "trainable_parameters", "parameters")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
-    written = "merged model, adapter/" if args.lora else "model"
-    print(f"{written}, tokenizer, metrics.json and model card written to {args.output_dir}")
+    written = "merged model, adapter/" if job.lora else "model"
+    print(f"{written}, tokenizer, metrics.json and model card written to {training_args.output_dir}")
 
 
 def _upgrade_adapter(args):
@@ -363,9 +337,27 @@ def _add_skip_bad_lines_flag(parser: argparse.ArgumentParser) -> None:
                         "first with an error naming its line")
 
 
+def _add_training_command(commands, name: str, **kwargs):
+    """A training command's parser: its job's options and PostformerTrainingArguments (HfArgumentParser), with the
+    command's defaults and --config."""
+    from .training.arguments import COMMAND_DEFAULTS, JOB_ARGUMENTS, PostformerTrainingArguments, add_config_flag
+
+    parser = commands.add_parser(name, dataclass_types=(JOB_ARGUMENTS[name], PostformerTrainingArguments), **kwargs)
+    add_config_flag(parser)
+    parser.set_defaults(**COMMAND_DEFAULTS[name])
+    if "output_dir" not in COMMAND_DEFAULTS[name]:  # where the result goes is the user's to say
+        next(a for a in parser._actions if a.dest == "output_dir").required = True
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from transformers import HfArgumentParser
+
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="postformer", description="Train, use and publish posts language models.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"postformer {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=HfArgumentParser)
 
     tok = commands.add_parser("train-tokenizer", help="train a byte-level BPE posts tokenizer")
     tok.add_argument("--data", help="posts: .jsonl/.csv/.txt file, folder of split files or a datasets folder "
@@ -380,13 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--json", action="store_true", help="also print the report as JSON")
     tok.set_defaults(func=_train_tokenizer)
 
-    train = commands.add_parser(
-        "train", help="train a tokenizer and a model (default: the small preset on the bundled sample)",
+    train = _add_training_command(
+        commands, "train", help="train a tokenizer and a model (default: the small preset on the bundled sample)",
         description="Train a Postformer model. With no flags: the small preset on the bundled posts sample, on "
-        "the CPU, in a few minutes. Runs under torchrun / accelerate launch unchanged.",
+        "the CPU, in a few minutes. Runs under torchrun / accelerate launch unchanged. Every option of "
+        "transformers' TrainingArguments is a flag too (--optim, --report_to, --gradient_checkpointing, ...).",
     )
-    train.add_argument("--config", help="YAML or JSON file of options (flags given here win)")
-    _add_training_flags(train)
     train.set_defaults(func=_train)
 
     gen = commands.add_parser("generate", help="continue prompts with a trained model")
@@ -509,35 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--dry-run", action="store_true", help="check the folder and list the files; upload nothing")
     push.set_defaults(func=_push)
 
-    ft = commands.add_parser(
-        "finetune", help="fine-tune a saved model on posts, fully or with LoRA (a plain transformers Trainer)",
+    ft = _add_training_command(
+        commands, "finetune", help="fine-tune a saved model on posts, fully or with LoRA",
         description="Fine-tune a model folder on posts. With --lora, LoRA adapters are trained on "
         "--target-modules (default: q_proj k_proj v_proj o_proj up_proj down_proj, every Linear layer of the "
-        "blocks) and "
-        "the output folder gets the merged model plus the adapter in adapter/.",
+        "blocks) and the output folder gets the merged model plus the adapter in adapter/. Every option of "
+        "transformers' TrainingArguments is a flag too.",
     )
-    ft.add_argument("--model", required=True, help="folder holding the model and its tokenizer")
-    ft.add_argument("--data", required=True, help="posts: a .jsonl/.csv/.txt file, a folder of split files or a "
-                    "datasets folder")
-    ft.add_argument("--output-dir", required=True, help="folder to write the fine-tuned model to (must hold no model)")
-    ft.add_argument("--text-field", default="text", help="column holding the post text (default: text)")
-    _add_skip_bad_lines_flag(ft)
-    ft.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every weight")
-    ft.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
-    ft.add_argument("--lora-alpha", type=int, default=16, help="LoRA scale numerator: scale = alpha / r (default: 16)")
-    ft.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input (default: 0.05)")
-    ft.add_argument("--target-modules", nargs="+", help="Linear modules to adapt (default: q_proj k_proj v_proj "
-                    "o_proj up_proj down_proj)")
-    ft.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --max-steps is not given "
-                    "(default: 1)")
-    ft.add_argument("--max-steps", type=int, help="optimisation steps (overrides --epochs)")
-    ft.add_argument("--learning-rate", type=float, help="peak learning rate (default: 2e-4 with --lora, else 5e-5)")
-    ft.add_argument("--batch-size", type=int, default=8, help="blocks per step (default: 8)")
-    ft.add_argument("--block-size", type=int, default=128, help="tokens per block (default: 128)")
-    ft.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    ft.add_argument("--base-model", help="the base model's Hub repo id for the model card (default: the --model "
-                    "folder's name)")
-    ft.add_argument("--quiet", action="store_true", help="no progress bar")
     ft.set_defaults(func=_finetune)
 
     card = commands.add_parser(
@@ -584,12 +553,63 @@ def _show_warning(command: str, show_default):
     return show
 
 
+def _expand_config(parser, argv: list[str]) -> list[str]:
+    """`COMMAND --config FILE ...`: the file's options as flags placed before the command line's, which win."""
+    if "--config" not in argv or not argv or argv[0] not in _training_commands(parser):
+        return argv
+    from .training.arguments import config_file_arguments
+
+    at = argv.index("--config")
+    if at + 1 >= len(argv):
+        return argv  # argparse reports the missing value
+    command = _training_commands(parser)[argv[0]]
+    return [argv[0], *config_file_arguments(argv[at + 1], command), *argv[1:at], *argv[at + 2 :]]
+
+
+def _training_commands(parser) -> dict:
+    from .training.arguments import JOB_ARGUMENTS
+
+    choices = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return {name: choices[name] for name in JOB_ARGUMENTS}
+
+
+def _parse(parser, argv: list[str]):
+    """Parse; unknown flags are reported by the command's own parser with the closest flags it knows."""
+    import difflib
+
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        options = [o for o in command._option_string_actions if o.startswith("--")]
+        hints = []
+        for extra in extras:
+            close = difflib.get_close_matches(extra.split("=")[0], options, n=2, cutoff=0.6)
+            if close and extra.startswith("-"):
+                hints.append(f"{extra} (did you mean {' or '.join(close)}?)")
+        command.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; {'; '.join(hints)}" if hints else ""))
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():  # restores warnings.showwarning afterwards
+    from .training.run import TrainingInterrupted
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    command = argv[0] if argv else None
+    try:
+        args = _parse(parser, _expand_config(parser, argv))
+    except USER_ERRORS as error:  # an unreadable --config file
+        print(f"postformer {command}: error: {error}", file=sys.stderr)
+        return 2
+    with warnings.catch_warnings(), progress_bars(not getattr(args, "quiet", False)):
         warnings.showwarning = _show_warning(args.command, warnings.showwarning)
         try:
             args.func(args)
+        except TrainingInterrupted as interrupted:
+            again = argv if "--resume" in argv else [*argv, "--resume"]
+            print(f"\npostformer {args.command}: interrupted at step {interrupted.step}; resume with: "
+                  f"postformer {shlex.join(again)}", file=sys.stderr)
+            return 130
         except USER_ERRORS as error:
             print(f"postformer {args.command}: error: {error}", file=sys.stderr)
             return 2

@@ -24,66 +24,41 @@ Adapters trained on Postformer 0.1 target its fused `qkv_proj`, which models no 
 (`postformer upgrade-adapter OLD --output-dir NEW`) rewrites such an adapter for q_proj/k_proj/v_proj, exactly.
 """
 
-import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-DEFAULT_LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
+from ..progress import progress_bars
+from .arguments import (
+    DEFAULT_LORA_TARGET_MODULES,
+    FinetuneArguments,
+    PostformerTrainingArguments,
+    command_arguments,
+    run_record,
+)
 
 
-@dataclass
-class FinetuneConfig:
-    """Every option of a fine-tuning run; written to training_config.json in the output folder."""
 
-    model_dir: str
-    output_dir: str
-    data: str | None = None  # None: the bundled posts sample
-    text_field: str = "text"
-    on_bad_lines: str = "error"  # "skip": skip malformed JSON lines / CSV rows of `data`, with a warning
-    base_model: str | None = None  # the base model's Hub id, for the model card; None: the local model_dir
-    # LoRA
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES))
-    # optimisation (run_clm's defaults, except the learning rate, which LoRA wants higher)
-    epochs: float = 1.0
-    max_steps: int | None = None  # None: train for `epochs`; else exactly this many steps
-    learning_rate: float | None = None  # None: 2e-4 with LoRA, 5e-5 for a full fine-tune
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    block_size: int = 128
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    lr_scheduler: str = "linear"
-    logging_steps: int = 10
-    max_eval_posts: int | None = 300
-    seed: int = 0
-    disable_progress_bar: bool = False
-
-
-def _check_config(config: FinetuneConfig) -> None:
-    for name in ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "logging_steps"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+def _check_arguments(job: FinetuneArguments, args: PostformerTrainingArguments) -> None:
+    for name, value in (("lora_r", job.lora_r), ("lora_alpha", job.lora_alpha), ("batch_size", args.per_device_train_batch_size),
+                        ("gradient_accumulation_steps", args.gradient_accumulation_steps),
+                        ("logging_steps", args.logging_steps)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if config.max_steps is not None and (not isinstance(config.max_steps, int) or config.max_steps < 1):
-        raise ValueError(f"max_steps must be an integer >= 1 (or None to train for `epochs`), got {config.max_steps!r}")
-    if config.max_steps is None and not config.epochs > 0:
-        raise ValueError(f"epochs must be > 0, got {config.epochs!r}")
-    if not 0 <= config.lora_dropout < 1:
-        raise ValueError(f"lora_dropout must be in [0, 1), got {config.lora_dropout!r}")
-    if config.learning_rate is not None and not config.learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {config.learning_rate!r}")
-    if config.max_eval_posts is not None and config.max_eval_posts < 1:
-        raise ValueError(f"max_eval_posts must be at least 1, got {config.max_eval_posts!r}")
-    if config.lora and not config.target_modules:
+    if args.max_steps in (None, 0) or args.max_steps < -1:
+        raise ValueError(f"max_steps must be an integer >= 1 (or -1 to train for num_train_epochs), got {args.max_steps!r}")
+    if args.max_steps == -1 and not args.num_train_epochs > 0:
+        raise ValueError(f"epochs must be > 0, got {args.num_train_epochs!r}")
+    if not 0 <= job.lora_dropout < 1:
+        raise ValueError(f"lora_dropout must be in [0, 1), got {job.lora_dropout!r}")
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {args.learning_rate!r}")
+    if job.max_eval_posts is not None and job.max_eval_posts < 1:
+        raise ValueError(f"max_eval_posts must be at least 1, got {job.max_eval_posts!r}")
+    if job.lora and not job.target_modules:
         raise ValueError("target_modules is empty: name at least one Linear module for LoRA")
 
 
@@ -136,151 +111,109 @@ def _perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))
 
 
-def finetune(
-    model_dir,
-    data=None,
-    output_dir=None,
-    lora: bool = False,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.05,
-    target_modules=None,
-    epochs: float = 1.0,
-    max_steps: int | None = None,
-    learning_rate: float | None = None,
-    batch_size: int = 8,
-    block_size: int = 128,
-    seed: int = 0,
-    base_model: str | None = None,
-    **options,
-) -> dict:
+def finetune(model_dir, data=None, output_dir=None, **options) -> dict:
     """Fine-tune the causal LM saved in `model_dir` on the posts of `data`; write the result to `output_dir`.
 
     data: a posts file or folder, as `postformer.data.load_posts` reads (None: the bundled sample); its validation
-    split (or 5% of train) is evaluated before and after training. lora=True trains LoRA adapters (rank `lora_r`,
-    scale `lora_alpha / lora_r`, `lora_dropout`) on `target_modules` (default DEFAULT_LORA_TARGET_MODULES) and
-    keeps every base weight frozen; otherwise all weights are trained. Training runs for `max_steps` steps, or
-    `epochs` passes over the data when max_steps is None. learning_rate None: 2e-4 with LoRA, 5e-5 otherwise.
-    base_model: the base model's Hub repo id, which the model card's metadata links to (and the adapter config
-    names); None: the card names the local `model_dir` in its text only, since the Hub could not resolve it.
-    Further options: the other FinetuneConfig fields (text_field, weight_decay, warmup_steps, lr_scheduler,
-    gradient_accumulation_steps, logging_steps, max_eval_posts, disable_progress_bar).
+    split (or 5% of train) is evaluated before and after training. `options`: any field of FinetuneArguments
+    (lora, lora_r, lora_alpha, lora_dropout, target_modules, base_model, block_size, ...) or of
+    PostformerTrainingArguments (max_steps, num_train_epochs / epochs, learning_rate, batch_size, seed, quiet, ...),
+    as `postformer finetune` takes them. lora=True trains LoRA adapters (rank `lora_r`, scale `lora_alpha /
+    lora_r`, `lora_dropout`) on `target_modules` and keeps every base weight frozen; otherwise all weights are
+    trained. learning_rate None (the default): 2e-4 with LoRA, 5e-5 otherwise. base_model: the base model's Hub
+    repo id, which the model card's metadata links to (and the adapter config names); None: the card names the
+    local `model_dir` in its text only, since the Hub could not resolve it.
 
     Writes to output_dir (refused when it already holds a model): the fine-tuned (for LoRA: merged) model and
     tokenizer as a complete model folder that `from_pretrained` loads, `adapter/` (LoRA: the adapter alone, for
-    `PeftModel.from_pretrained`), metrics.json, training_config.json, loss_curve.png and README.md (model card).
-    Returns the metrics: eval_loss / eval_perplexity after, eval_loss_before / eval_perplexity_before, the
-    Trainer's train metrics, parameters and trainable_parameters.
+    `PeftModel.from_pretrained`), metrics.json, training_config.json, training_args.json, loss_curve.png and
+    README.md (model card). Returns the metrics: eval_loss / eval_perplexity after, eval_loss_before /
+    eval_perplexity_before, the Trainer's train metrics, parameters and trainable_parameters.
     """
     if output_dir is None:
         raise ValueError("output_dir is required: the folder to write the fine-tuned model to")
-    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"unknown fine-tuning option(s) {unknown}; known options are {sorted(known)}")
-    config = FinetuneConfig(
-        model_dir=str(model_dir), output_dir=str(output_dir), data=None if data is None else str(data), lora=lora,
-        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        target_modules=list(DEFAULT_LORA_TARGET_MODULES if target_modules is None else
-                            [target_modules] if isinstance(target_modules, str) else target_modules),
-        epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size,
-        block_size=block_size, seed=seed, base_model=base_model, **options,
-    )
-    return run_finetune(config)
+    if isinstance(options.get("target_modules"), str):
+        options["target_modules"] = [options["target_modules"]]
+    job, args = command_arguments("finetune", model=str(model_dir), data=None if data is None else str(data),
+                                  output_dir=str(output_dir), **options)
+    return run_finetune(job, args)
 
 
-def run_finetune(config: FinetuneConfig) -> dict:
-    """`finetune` from a FinetuneConfig."""
-    from transformers import (
-        DataCollatorForLanguageModeling,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+def run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> dict:
+    """`finetune` from its parsed arguments (what `postformer finetune` calls)."""
+    with progress_bars(not args.quiet):
+        return _run_finetune(job, args)
+
+
+def _run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> dict:
+    from transformers import DataCollatorForLanguageModeling, set_seed
 
     from ..data import load_posts
     from ..generation import check_model_dir, load_model_and_tokenizer
     from ..hub_cards import write_model_card
     from ..saving import saving
-    from .data import pack_posts
+    from .data import pack_posts, tokens_per_character
     from .run import plot_loss_curve
+    from .trainer import PostformerTrainer
 
-    _check_config(config)
-    model_dir = check_model_dir(config.model_dir)
-    output_dir = Path(config.output_dir)
+    _check_arguments(job, args)
+    model_dir = check_model_dir(job.model)
+    output_dir = Path(args.output_dir)
     _check_output_dir(model_dir, output_dir)
-    learning_rate = config.learning_rate or (2e-4 if config.lora else 5e-5)
+    if args.learning_rate is None:
+        args.learning_rate = 2e-4 if job.lora else 5e-5
 
-    set_seed(config.seed)  # LoRA's initial A matrices and dropout masks depend on the seed alone
+    set_seed(args.seed)  # LoRA's initial A matrices and dropout masks depend on the seed alone
     model, tokenizer = load_model_and_tokenizer(model_dir)  # a damaged folder is named before any work
     context = getattr(model.config, "max_position_embeddings", None)
-    if context is not None and config.block_size > context:
+    if context is not None and job.block_size > context:
         raise ValueError(
-            f"block_size {config.block_size} is longer than the model's context ({context}); lower --block-size"
+            f"block_size {job.block_size} is longer than the model's context ({context}); lower --block-size"
         )
-    if config.lora:
+    if job.lora:
         # Checked before any data is read, so a typo fails in seconds.
-        check_target_modules(model, config.target_modules)
+        check_target_modules(model, job.target_modules)
 
-    posts = load_posts(config.data, text_field=config.text_field, seed=config.seed, on_bad_lines=config.on_bad_lines)
-    if config.max_eval_posts is not None and len(posts["validation"]) > config.max_eval_posts:
-        posts["validation"] = posts["validation"].select(range(config.max_eval_posts))
-    train_blocks = pack_posts(posts["train"], tokenizer, config.block_size)
-    eval_blocks = pack_posts(posts["validation"], tokenizer, config.block_size)
+    posts = load_posts(job.data, text_field=job.text_field, seed=args.seed,
+                       on_bad_lines="skip" if job.skip_bad_lines else "error")
+    if job.max_eval_posts is not None and len(posts["validation"]) > job.max_eval_posts:
+        posts["validation"] = posts["validation"].select(range(job.max_eval_posts))
+    train_blocks = pack_posts(posts["train"], tokenizer, job.block_size)
+    eval_blocks = pack_posts(posts["validation"], tokenizer, job.block_size)
     if len(train_blocks) == 0 or len(eval_blocks) == 0:
         split = "train" if len(train_blocks) == 0 else "validation"
         raise ValueError(
-            f"the {split} split ({len(posts[split])} posts) is shorter than one block of {config.block_size} tokens; "
+            f"the {split} split ({len(posts[split])} posts) is shorter than one block of {job.block_size} tokens; "
             "lower --block-size or give more posts"
         )
 
     # The card links a Hub id in its metadata; a local folder is only named in its text (the Hub cannot resolve
     # it), so without --base-model the folder is passed as given.
-    base_model = config.base_model or str(config.model_dir)
-    if config.lora:
+    base_model = job.base_model or str(job.model)
+    if job.lora:
         from peft import LoraConfig, get_peft_model
 
         lora_config = LoraConfig(
-            task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=list(config.target_modules), bias="none",
+            task_type="CAUSAL_LM", r=job.lora_r, lora_alpha=job.lora_alpha, lora_dropout=job.lora_dropout,
+            target_modules=list(job.target_modules), bias="none",
         )
         model = get_peft_model(model, lora_config)
-        if config.base_model:
+        if job.base_model:
             # adapter_config.json (and the card PEFT writes beside it) then name the Hub model, not a local path,
             # so `AutoPeftModelForCausalLM.from_pretrained` of the published adapter finds its base.
-            model.peft_config["default"].base_model_name_or_path = config.base_model
+            model.peft_config["default"].base_model_name_or_path = job.base_model
 
     # Trainer sets config.use_cache to TrainingArguments.use_cache (False) for training; the saved model keeps
     # the base model's setting, or it would run without its KV cache when called directly.
     use_cache = getattr(model.config, "use_cache", None)
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_steps,
-        lr_scheduler_type=config.lr_scheduler,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps if config.max_steps is not None else -1,
-        eval_strategy="no",  # evaluated explicitly before and after
-        save_strategy="no",  # the final model is saved below; no checkpoints to clean up
-        logging_steps=config.logging_steps,
-        report_to="none",
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=config.disable_progress_bar,
-        use_cpu=not torch.accelerator.is_available(),
-    )
-    trainer = Trainer(
+    trainer = PostformerTrainer(
         model=model,
         args=args,
         train_dataset=train_blocks,
         eval_dataset=eval_blocks,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         processing_class=tokenizer,
+        tokens_per_character=tokens_per_character(posts["validation"], tokenizer),
     )
 
     before = trainer.evaluate()
@@ -296,7 +229,7 @@ def run_finetune(config: FinetuneConfig) -> dict:
         **train_output.metrics,
         "parameters": sum(p.numel() for p in model.parameters() if id(p) not in lora_parameters),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "lora": config.lora,
+        "lora": job.lora,
         "base_model": base_model,
     }
 
@@ -306,7 +239,7 @@ def run_finetune(config: FinetuneConfig) -> dict:
         # All or nothing: the files are written to a temporary folder inside output_dir and moved into place once
         # all are written, so a failed save (disk full, ...) leaves output_dir as it was.
         with saving(output_dir, "the fine-tuned model") as staging:
-            if config.lora:
+            if job.lora:
                 # adapter_config.json + adapter_model.safetensors. The vocabulary is never resized here, so the
                 # full embeddings need not be saved; saying so spares PEFT from asking the Hub for the base
                 # model's config.
@@ -317,7 +250,8 @@ def run_finetune(config: FinetuneConfig) -> dict:
                 trainer.save_model(str(staging))
             tokenizer.save_pretrained(staging)
             _drop_load_time_tokenizer_options(staging / "tokenizer_config.json")
-            (staging / "training_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+            (staging / "training_config.json").write_text(json.dumps(run_record(job, args), indent=2) + "\n")
+            (staging / "training_args.json").write_text(args.to_json_string() + "\n")
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             plot_loss_curve(trainer.state.log_history, staging / "loss_curve.png")
         write_model_card(output_dir, base_model=base_model)  # after: the card names the folder
@@ -384,5 +318,5 @@ def upgrade_adapter(adapter_dir, output_dir, model_dir=None) -> Path:
     return output_dir
 
 
-__all__ = ["DEFAULT_LORA_TARGET_MODULES", "FinetuneConfig", "finetune", "run_finetune", "check_target_modules",
+__all__ = ["DEFAULT_LORA_TARGET_MODULES", "finetune", "run_finetune", "check_target_modules",
            "linear_module_names", "upgrade_adapter"]

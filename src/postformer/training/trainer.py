@@ -111,6 +111,15 @@ class PostformerTrainer(Trainer):
             self._last_log = (now, seen)
         super().log(logs, start_time)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # A checkpoint holds a tied LM head once, under the embedding's name (safetensors stores no aliases), so on
+        # resume the head is "missing": tie it again, silently, and warn only about keys really missing.
+        tied = set(getattr(self.model, "all_tied_weights_keys", None) or {})
+        if tied & set(load_result.missing_keys):
+            self.model.tie_weights()
+            load_result.missing_keys[:] = [key for key in load_result.missing_keys if key not in tied]
+        super()._issue_warnings_after_load(load_result)
+
     # ---- Saving: whole or absent (see `staged_save`) ----
 
     def train(self, *args, **kwargs):
