@@ -127,6 +127,7 @@ def test_the_saved_classifier_loads_back_and_classify_posts_agrees_with_the_trai
     assert sum(r["predicted"] == r["label"] for r in held_out) / 15 == pytest.approx(metrics["eval_accuracy"])
 
 
+@pytest.mark.slow
 def test_the_saved_classifier_loads_with_remote_code_without_the_package(trained, tmp_path):
     output, _ = trained
     expected = classify_posts(output, ["loving the election debate lol"])[0]

@@ -288,6 +288,7 @@ def test_legacy_rope_theta_becomes_rope_parameters():
     assert config.rope_parameters == {"rope_type": "default", "rope_theta": 500.0}
 
 
+@pytest.mark.slow
 def test_token_classification_and_question_answering_heads(tmp_path):
     config = tiny_config(num_labels=3)
     tagger = PostformerForTokenClassification(config).eval()

@@ -147,6 +147,7 @@ def _part(ecosystem, name):
     return result
 
 
+@pytest.mark.slow
 def test_text_generation_pipeline_with_remote_code_continues_the_prompt_as_generate_does(ecosystem):
     result = _part(ecosystem, "generation")
     assert result["model_type"] == "PostformerForCausalLM" and "transformers_modules" in result["model_module"]
@@ -155,6 +156,7 @@ def test_text_generation_pipeline_with_remote_code_continues_the_prompt_as_gener
     assert result["text"] == result["expected"]  # greedy pipeline == greedy model.generate, decoded
 
 
+@pytest.mark.slow
 def test_plain_trainer_fine_tune_run_clm_style_lowers_the_loss(ecosystem):
     result = _part(ecosystem, "trainer")
     losses = result["losses"]
@@ -164,6 +166,7 @@ def test_plain_trainer_fine_tune_run_clm_style_lowers_the_loss(ecosystem):
     assert result["after"] < result["before"] - 2.0, result
 
 
+@pytest.mark.slow
 def test_peft_lora_trains_only_the_adapter_and_merges_into_a_loadable_model(ecosystem):
     result = _part(ecosystem, "lora")
     assert result["base_keys"] == result["base_total"] > 0

@@ -294,6 +294,7 @@ def test_cli_prompts_from_stdin_or_a_new_post(model_dir, monkeypatch, capsys):
     assert [r["prompt"] for r in json.loads(capsys.readouterr().out)] == [""]
 
 
+@pytest.mark.slow
 def test_compiled_generation_gives_the_plain_paths_text(model_dir, loaded, capsys):
     """--compile (static cache, compiled decoding step) changes the speed, not the text: greedy continuations of
     a left-padded batch equal the plain path's."""

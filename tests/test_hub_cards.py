@@ -145,6 +145,7 @@ def test_sections_come_from_the_folder_files(run_folder):
     assert section(text, "Loss curve").strip() == "![loss curve](loss_curve.png)"
 
 
+@pytest.mark.slow
 def test_usage_snippet_runs_without_postformer_and_generates(run_folder, snippet_output):
     code = usage_snippet(run_folder)
     assert 'model_id = "tiny-run"' in code and "AutoModelForCausalLM" in code and 'pipeline("text-generation"' in code

@@ -423,6 +423,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.slow
 def test_torch_compile_forward_matches_eager():
     model = PostformerForCausalLM(tiny_config()).eval()
     ids = random_ids(2, 10)

@@ -1,5 +1,6 @@
 """A saved model loads with `trust_remote_code=True` in a process that cannot import `postformer`."""
 
+import pytest
 import json
 
 import torch
@@ -8,6 +9,8 @@ from safetensors.torch import save_file
 
 from postformer import PostformerForCausalLM, PostformerForSequenceClassification
 
+
+pytestmark = pytest.mark.slow  # fresh Python processes without postformer
 
 def test_trust_remote_code_load_gives_identical_logits_without_the_package(tmp_path):
     model = PostformerForCausalLM(tiny_config(use_relative_position=True, num_key_value_heads=2)).eval()

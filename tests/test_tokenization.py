@@ -161,6 +161,7 @@ def test_truncation_to_max_length(tokenizer):
     assert len(tokenizer(long_post, truncation=True)["input_ids"]) == tokenizer.model_max_length == 512
 
 
+@pytest.mark.slow
 def test_saved_tokenizer_loads_with_auto_tokenizer_in_a_clean_process(tmp_path, tokenizer, normalizing_tokenizer):
     tokenizer.save_pretrained(tmp_path / "tok")
     normalizing_tokenizer.save_pretrained(tmp_path / "norm")

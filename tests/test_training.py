@@ -82,6 +82,7 @@ def test_tiny_run_writes_a_hub_ready_folder(tiny_run):
     assert {s["step"] for s in samples} >= {20, 40, 60} and all(s["prompt"] == "Breaking news:" for s in samples)
 
 
+@pytest.mark.slow
 def test_saved_folder_loads_in_a_clean_process(tiny_run):
     output, _ = tiny_run
     out = run_without_postformer(
@@ -161,6 +162,7 @@ def test_flops_per_token_formula(tokenizer):
     assert flops_per_token(model, 32) == 6 * n + 12 * 2 * 32 * 32
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path, monkeypatch, capsys):
     common = dict(max_steps=30, eval_steps=10, save_steps=10, logging_steps=1, sample_prompts=[], hidden_dropout=0.1)
     train(*options(output_dir=str(tmp_path / "reference"), **{**TINY, **common}))

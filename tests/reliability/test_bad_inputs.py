@@ -367,6 +367,7 @@ def test_model_path_that_is_not_a_folder(tmp_path, where, kind, fragment):
         load_model_and_tokenizer(tmp_path / where)
 
 
+@pytest.mark.slow
 def test_truncated_weights_in_a_real_process_print_one_line(model_dir, tmp_path):
     folder = broken_copy(model_dir, tmp_path, lambda f: _truncate(f / "model.safetensors"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

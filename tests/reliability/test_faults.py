@@ -39,6 +39,8 @@ TRAIN_FLAGS = [
 ]  # dropout: the RNG state must be restored too for a resumed run to match; --save-total-limit stays 2
 TIMEOUT = 300  # seconds for one training process, on a slow shared machine
 
+pytestmark = pytest.mark.slow  # SIGKILLed training subprocesses
+
 SITECUSTOMIZE = r'''
 import os, sys, time
 

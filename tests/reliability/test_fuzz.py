@@ -37,6 +37,8 @@ from postformer.data import load_posts, load_posts_split
 from postformer.evaluation import evaluate_posts
 from postformer.generation import generate_posts
 
+pytestmark = pytest.mark.slow  # hypothesis fuzzing over many generated inputs
+
 EXAMPLES = int(os.environ.get("POSTFORMER_FUZZ_EXAMPLES", "0"))
 
 
