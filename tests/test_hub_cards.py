@@ -4,6 +4,8 @@ import dataclasses
 import json
 import math
 import re
+import shutil
+from contextlib import contextmanager
 
 import pytest
 import yaml
@@ -34,18 +36,27 @@ LABELS = {0: "love", 1: "haha", 2: "angry"}
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """The folder the model folders below share (the usage snippets name them relative to it)."""
+    """The project folder the commands below run in: their cards are written with the folders' paths relative to
+    it, as `postformer train --output-dir runs/tiny-run` gives them, and the usage snippets run from it."""
     return tmp_path_factory.mktemp("models")
+
+
+@contextmanager
+def working_directory(path):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(path)
+        yield
 
 
 @pytest.fixture(scope="module")
 def run_folder(models):
-    """A training output folder as `postformer train` leaves it, with its card written."""
-    folder = save_tiny_model(models / "tiny-run")
+    """A training output folder as `postformer train --output-dir runs/tiny-run` leaves it, with its card."""
+    folder = save_tiny_model(models / "runs" / "tiny-run")
     write_json(folder / "metrics.json", METRICS)
     write_json(folder / "training_config.json", training_config(learning_rate=0.002))
     (folder / "loss_curve.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    assert write_model_card(folder) == folder / "README.md"
+    with working_directory(models):
+        assert write_model_card("runs/tiny-run").resolve() == folder / "README.md"
     return folder
 
 
@@ -59,7 +70,8 @@ def classifier_folder(models):
     PostformerForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     write_json(folder / "metrics.json", {"accuracy": 0.8125, "macro_f1": 0.75, "loss": 0.625})
-    write_model_card(folder)
+    with working_directory(models):
+        write_model_card("classifier")
     return folder
 
 
@@ -70,8 +82,8 @@ def usage_snippet(folder) -> str:
 
 @pytest.fixture(scope="module")
 def snippet_output(models, run_folder, classifier_folder) -> dict[str, list[str]]:
-    """What each card's usage snippet prints, run as written from the models' folder in one process (starting
-    Python with torch and transformers is most of the cost) that cannot import postformer."""
+    """What each card's usage snippet prints, run as written from the folder the cards were written in, in one
+    process (starting Python with torch and transformers is most of the cost) that cannot import postformer."""
     folders = {"lm": run_folder, "classifier": classifier_folder}
     code = "".join(f"print('=== {key}')\nexec({usage_snippet(folder)!r}, {{}})\n" for key, folder in folders.items())
     out = run_without_postformer(code, cwd=models)
@@ -148,10 +160,29 @@ def test_sections_come_from_the_folder_files(run_folder):
 
 def test_usage_snippet_runs_without_postformer_and_generates(run_folder, snippet_output):
     code = usage_snippet(run_folder)
-    assert 'model_id = "tiny-run"' in code and "AutoModelForCausalLM" in code and 'pipeline("text-generation"' in code
+    assert 'model_id = "./runs/tiny-run"  # this folder; after `postformer push`, its Hub id: "your-name/tiny-run"' \
+        in code  # "./": never taken for the Hub id "runs/tiny-run"
+    assert "AutoModelForCausalLM" in code and 'pipeline("text-generation"' in code
     generated = [line for line in snippet_output["lm"] if line.startswith("Breaking news:")]
     assert len(generated) == 2, snippet_output  # model.generate, then the pipeline
     assert all(len(line) > len("Breaking news:") for line in generated), snippet_output
+
+
+@pytest.mark.parametrize("given, model_id", [
+    ("runs/small", "./runs/small"), ("./runs/small/", "./runs/small"), ("../elsewhere/small", "../elsewhere/small"),
+    (".", "."), (None, None),  # None: the absolute path
+])
+def test_usage_snippet_loads_the_folder_by_the_path_it_was_given(tmp_path, given, model_id):
+    folder = save_tiny_model(tmp_path / "project" / "runs" / "small")
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copytree(folder, tmp_path / "elsewhere" / "small")
+    cwd = folder if given == "." else tmp_path / "project"
+    with working_directory(cwd):
+        card = render_model_card(given or folder)
+    code = re.search(r"```python\n(.*?)```", section(card.text, "How to use"), re.S).group(1)
+    assert f"model_id = {json.dumps(model_id or str(folder))}  #" in code
+    assert (cwd / (model_id or folder) / "config.json").is_file()  # from where the card was rendered
+    assert '"your-name/small"' in code
 
 
 def test_missing_optional_files_drop_their_sections(tmp_path):

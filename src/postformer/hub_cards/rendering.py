@@ -19,7 +19,7 @@ from .sections import (
     summary,
 )
 from .training_data import BUNDLED_DATASET_ID, training_data
-from .usage import usage_snippet
+from .usage import local_model_id, usage_snippet
 from .validation import validate_model_card
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card_template.md"
@@ -103,7 +103,7 @@ def render_model_card(model_dir: str | Path, base_model: str | None = None, *, l
         evaluation=[(r.metric_name, format_metric(r.metric_value)) for r in eval_results],
         evaluation_note=evaluation_note,
         loss_curve=(folder / "loss_curve.png").is_file(),
-        usage=usage_snippet(task, auto_class, name, training),
+        usage=usage_snippet(task, auto_class, local_model_id(model_dir), name, training),
         generation_defaults=generation_defaults(read_json(folder / "generation_config.json"), config),
     )
 

@@ -1,6 +1,7 @@
 """The card's usage snippet: Auto classes and a pipeline on the folder, as the tests run it."""
 
 import json
+from pathlib import Path
 
 DEFAULT_PROMPT = "Breaking news:"
 
@@ -10,14 +11,25 @@ def _literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def usage_snippet(task: str, auto_class: str, name: str, training: dict | None) -> str:
-    """A snippet that runs as written in the folder's parent (and, with the Hub id as model_id, anywhere)."""
+def local_model_id(model_dir: str | Path) -> str:
+    """The folder as the snippet loads it: the path as the command was given it, so that the snippet runs as
+    written from where the command ran. A relative path starts with "./": transformers takes "runs/small" for a
+    Hub id whenever no such folder is in the current directory (and then fails on the Hub, or loads someone
+    else's model), while "./runs/small" can only be a folder."""
+    path = Path(model_dir)
+    text = path.as_posix()
+    return text if path.is_absolute() or text in (".", "..") or text.startswith("../") else f"./{text}"
+
+
+def usage_snippet(task: str, auto_class: str, model_id: str, name: str, training: dict | None) -> str:
+    """A snippet that runs as written from where the folder was saved (`model_id`, see `local_model_id`), and
+    anywhere once `model_id` is the Hub id the comment names (`name`: the folder's name)."""
     prompts = (training or {}).get("sample_prompts") or []
     prompt = next((p for p in prompts if isinstance(p, str) and p.strip()), DEFAULT_PROMPT)
     head = (
         f"from transformers import {auto_class}, AutoTokenizer, pipeline"
         f"{', set_seed' if task == 'text-generation' else ''}\n\n"
-        f"model_id = {_literal(name)}  # this folder, or its Hub id once uploaded (\"your-name/{name}\")\n"
+        f"model_id = {_literal(model_id)}  # this folder; after `postformer push`, its Hub id: \"your-name/{name}\"\n"
         "tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=True)\n"
         f"model = {auto_class}.from_pretrained(model_id, trust_remote_code=True)\n"
     )
