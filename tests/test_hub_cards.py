@@ -119,7 +119,7 @@ def test_metadata_of_a_run_on_the_bundled_sample(run_folder):
     assert (data.license, data.language, data.library_name, data.pipeline_tag) == (
         "mit", "en", "transformers", "text-generation")
     assert {"postformer", "social-media", "custom_code"} <= set(data.tags)
-    assert data.datasets == ["fb-posts"] and data.base_model is None
+    assert data.datasets is None and data.base_model is None  # the bundled sample is on GitHub, not the Hub
     assert data.model_name == "tiny-run"
     assert metric_values(card) == {"perplexity": METRICS["eval_perplexity"], "loss": METRICS["eval_loss"],
                                    "bits-per-character": METRICS["eval_bits_per_character"]}
@@ -204,7 +204,7 @@ def test_fine_tune_on_user_data_takes_its_readme_licence_and_base_model(tmp_path
     write_json(folder / "training_config.json", training_config(data=str(data / "posts.jsonl")))
     card = ModelCard.load(write_model_card(folder, base_model="someone/postformer-small"))
     assert card.data.base_model == "someone/postformer-small" and "fine-tuned" in card.data.tags
-    assert card.data.license == "cc-by-4.0" and card.data.datasets == ["posts"]
+    assert card.data.license == "cc-by-4.0" and card.data.datasets is None
     training_data = section(card.text, "Training data")
     assert str(data / "posts.jsonl") in training_data and "\n### My posts\n\nCollected by hand." in training_data
     assert "](https://huggingface.co/someone/postformer-small)" in card.text
@@ -214,6 +214,30 @@ def test_fine_tune_on_user_data_takes_its_readme_licence_and_base_model(tmp_path
     card = render_model_card(folder, base_model=str(tmp_path / "ft"))
     assert card.data.license == "other" and card.data.base_model is None
     assert f"Fine-tuned from the local model `{tmp_path / 'ft'}`" in card.text
+
+
+def test_local_data_is_named_in_the_text_never_in_the_metadata(tmp_path):
+    data = tmp_path / "exports" / "my_posts.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TINY_POSTS))
+    folder = save_tiny_model(tmp_path / "runs" / "mine")
+    write_json(folder / "training_config.json", training_config(data=str(data)))
+    write_json(folder / "metrics.json", {"eval_loss": 3.0, "eval_perplexity": 20.0})
+    card = validate_model_card(write_model_card(folder, base_model=str(tmp_path / "runs" / "small")))
+    metadata = yaml.safe_load(str(card).split("---\n")[1])
+    assert "datasets" not in metadata and "base_model" not in metadata
+    assert str(tmp_path) not in yaml.safe_dump(metadata)  # no local path anywhere in the metadata
+    [dataset] = {(r.dataset_type, r.dataset_name) for r in card.data.eval_results}
+    assert dataset == ("my_posts", "my_posts.jsonl")
+    assert f"Posts from `{data}`" in section(card.text, "Training data")
+
+    # a compressed copy, evaluated on other local posts: the same in the compression report's evaluation
+    write_json(folder / "compression_report.json", {"evaluation": {"data": str(data.with_name("held_out.jsonl")),
+                                                                   "after": {"loss": 3.5}}})
+    card = render_model_card(folder)
+    assert str(tmp_path) not in yaml.safe_dump(card.data.to_dict())
+    assert {r.dataset_name for r in card.data.eval_results} == {"held_out.jsonl"}
+    assert f"Measured on the compressed weights, on {data.with_name('held_out.jsonl')}" in card.text
 
 
 def test_classifier_card_has_its_pipeline_tag_metrics_and_a_working_snippet(classifier_folder, snippet_output):
@@ -268,6 +292,8 @@ def set_metric_value(metadata, value):
     (lambda m: m.update(library_name=["transformers"]), "library_name"),
     (lambda m: m.update(base_model=5), "base_model"),
     (lambda m: m.update(datasets=[1]), "datasets"),
+    (lambda m: m.update(datasets=["/tmp/pytest-7/data/my_posts.jsonl"]), "datasets"),  # a path, not a Hub id
+    (lambda m: m.update(base_model="/home/me/runs/small"), "base_model"),
 ])
 def test_invalid_metadata_is_a_value_error_naming_the_field(run_folder, tmp_path, change, field):
     metadata, body = valid_metadata(run_folder)

@@ -12,7 +12,8 @@ Which file feeds which part of the card:
 - `model.safetensors` (or the shards of `model.safetensors.index.json`): the parameter count, read from the
   tensor headers.
 - `training_config.json`: the training-data section (`data` null means the bundled posts sample), the licence,
-  `datasets`, the hyper-parameter table, the prompt of the usage snippet.
+  the model-index's dataset (a short name: the data's path is in the text only, and `datasets` stays empty, as
+  it takes Hub dataset ids), the hyper-parameter table, the prompt of the usage snippet.
 - `metrics.json`: `model-index` and the evaluation table (`eval_*` or plain names), the run facts.
 - `compression_report.json`: the compression table, the `compressed` tag, and the evaluation of the compressed
   model when it records one (a compressed folder's metrics.json is the source model's, copied along).

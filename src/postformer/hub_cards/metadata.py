@@ -80,7 +80,7 @@ def evaluation_results(metrics: dict, task: str, data: dict, name: str) -> list[
             continue
         results.append(EvalResult(
             task_type=task,
-            dataset_type=data["id"] or "posts",
+            dataset_type=data["type"],
             dataset_name=data["name"],
             dataset_split=str(metrics.get("split", "validation")),
             metric_type=metric_type,

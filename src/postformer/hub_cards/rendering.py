@@ -55,8 +55,9 @@ def render_model_card(model_dir: str | Path, base_model: str | None = None, *, l
     # A compressed folder's metrics.json is the source model's, copied along: its own evaluation is in the report.
     compressed_eval = compression.get("evaluation") if isinstance(compression, dict) else None
     if isinstance(compressed_eval, dict) and isinstance(compressed_eval.get("after"), dict):
-        described = compressed_eval.get("data")
-        eval_data = {**data, **({"name": str(described), "description": str(described)} if described else {})}
+        described = compressed_eval.get("data")  # the posts' path, or "bundled sample (validation)"
+        named = {"name": Path(str(described)).name, "description": str(described)} if described else {}
+        eval_data = {**data, **named}  # the metadata gets the file's name, the text its path
         eval_results = evaluation_results(compressed_eval["after"], task, eval_data, name)
         evaluation_note = f"Measured on the compressed weights, on {eval_data['description']}, as recorded in " \
             "`compression_report.json`."
@@ -77,7 +78,6 @@ def render_model_card(model_dir: str | Path, base_model: str | None = None, *, l
         library_name="transformers",
         pipeline_tag=task,
         tags=tags,
-        datasets=[data["id"]] if data["id"] else None,
         base_model=hub_base_model,
         model_name=name if eval_results else None,
         eval_results=eval_results or None,

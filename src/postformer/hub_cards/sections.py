@@ -3,6 +3,7 @@ compression report and the generation defaults, each from the folder's files, as
 
 from .folder import label_names, task_of
 
+
 def base_model_note(base_model: str | None, hub_id: str | None) -> str | None:
     if not base_model:
         return None

@@ -15,9 +15,15 @@ BUNDLED_DATASET_ID = "fb-posts"
 
 
 def training_data(training: dict | None) -> dict:
-    """What the card says about the training data: licence, dataset id, description, section text."""
+    """What the card says about the training data: its licence, its `type` and `name` in the model-index, its
+    description and section text.
+
+    None of it is a Hub dataset id, so the card's `datasets` metadata stays empty: a local file or folder means
+    nothing on the Hub (and its path, which can name the user and their folders, belongs in the text only), and
+    the bundled sample's source is a GitHub repository, not a Hub dataset. The model-index needs a dataset `type`
+    and `name` all the same: a short name, never a path."""
     if training is None:
-        return dict(bundled=False, license="other", id=None, name="posts", description="the held-out posts",
+        return dict(bundled=False, license="other", type="posts", name="posts", description="the held-out posts",
                     section=None,
                     nature="This folder does not record which posts the model was trained on (it has no "
                     "`training_config.json`): find out before you use it.")
@@ -37,7 +43,7 @@ def training_data(training: dict | None) -> dict:
                 "`postformer` package's `data/posts/` folder, not beside this model.\n\n<details>\n"
                 f"<summary>Data card of the bundled sample</summary>\n\n{card}\n\n</details>"
             )
-        return dict(bundled=True, license=BUNDLED_DATA_LICENSE, id=BUNDLED_DATASET_ID,
+        return dict(bundled=True, license=BUNDLED_DATA_LICENSE, type=BUNDLED_DATASET_ID,
                     name="fb-posts (postformer's bundled 5,000-post sample)",
                     description="the bundled posts sample", section=section,
                     nature="This model was trained on public Facebook page posts (news outlets, politicians, athletes, "
@@ -56,11 +62,16 @@ def training_data(training: dict | None) -> dict:
         section += " No README lies beside the data, so its source and licence are not recorded here."
     if license == "other":
         section += "\n\nThe licence of these posts is not known (`license: other`): check it before publishing."
-    dataset_id = re.sub(r"[^A-Za-z0-9._-]+", "-", data.stem if data.suffix else data.name).strip("-.") or "posts"
-    return dict(bundled=False, license=license, id=dataset_id, name=str(data), description=f"`{data}`",
+    return dict(bundled=False, license=license, type=short_name(data), name=data.name or "posts",
+                description=f"`{data}`",
                 section=section,
                 nature=f"This model was trained on the posts in `{data}` (see Training data): it knows those "
                 "posts, their authors' opinions and their time, not social media, the public or the world in general.")
+
+
+def short_name(data: Path) -> str:
+    """A name for data in the model-index: the file's stem or the folder's name, in the characters of a Hub id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", data.stem if data.suffix else data.name).strip("-.") or "posts"
 
 
 def _readme_license(text: str) -> str | None:

@@ -8,15 +8,18 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 from huggingface_hub.repocard_data import model_index_to_eval_results
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .metadata import HUB_LICENSES, LANGUAGE_CODE, LIBRARY_NAME, PIPELINE_TAGS, SPECIAL_LANGUAGES
+
 
 def validate_model_card(card_or_path: "ModelCard | str | Path") -> ModelCard:
     """Check a model card's metadata without the network and return the parsed card.
 
     `card_or_path`: a ModelCard, the card's text, a README.md, or a folder holding one. Checked: `license`
     (required, a Hub licence identifier), `language` (ISO 639 codes), `library_name`, `pipeline_tag` (a Hub
-    pipeline tag), `tags` and `datasets` (strings), `base_model` (a string, or a list of them) and `model-index`
+    pipeline tag), `tags` (strings), `datasets` and `base_model` (Hub ids, one or a list: a local path, which
+    the Hub cannot resolve and which names the user's folders, belongs in the card's text) and `model-index`
     (parsed by huggingface_hub; every metric value a finite number). Raises ValueError naming the first invalid
     field, FileNotFoundError when the path holds no card.
     """
@@ -72,7 +75,14 @@ def _check_metadata(metadata: dict) -> None:
                 raise ValueError(f"language: {code!r} is not an ISO 639 code such as 'en'")
     for field in ("tags", "datasets", "base_model"):
         if field in metadata:
-            _string_list(metadata, field)
+            values = _string_list(metadata, field)
+            for value in values if field != "tags" else ():
+                try:
+                    validate_repo_id(value)
+                except HFValidationError:
+                    kind = "dataset" if field == "datasets" else "model"
+                    raise ValueError(f"{field}: {value!r} is not a Hub {kind} id ('name' or 'namespace/name'); "
+                                     "name local data or models in the card's text instead") from None
     if "model-index" in metadata:
         _check_model_index(metadata["model-index"])
 
