@@ -298,10 +298,10 @@ def _attention(args):
 
 
 def _push(args):
-    from .push import format_plan, push_to_hub, upload_plan
+    from .push import format_plan, left_out, push_to_hub, upload_plan
 
     if args.dry_run:
-        print(format_plan(upload_plan(args.model), args.repo_id))
+        print(format_plan(upload_plan(args.model), args.repo_id, left_out(args.model)))
         print("dry run: nothing was uploaded")
         return
     url = push_to_hub(args.model, args.repo_id, private=args.private, revision=args.revision,
