@@ -96,7 +96,9 @@ except ImportError:
 
 
 def run_without_postformer(code: str, cwd, timeout: int = 300) -> str:
-    """Run `code` in a fresh Python process that cannot import `postformer`; return its stdout."""
+    """Run `code` in a fresh Python process that cannot import `postformer`; return its stdout. Its stdin is
+    empty, as in a script or a CI job: transformers' "run the custom code? [y/N]" prompt gets no answer and fails
+    at once, where a terminal would wait 15 seconds for one."""
     import subprocess
     import sys
 
@@ -104,7 +106,8 @@ def run_without_postformer(code: str, cwd, timeout: int = 300) -> str:
     # One thread, as in this process: exact comparisons of logits need the same reduction order.
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", HF_HOME=str(cwd) + "/hf_home", OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-c", _BLOCK_POSTFORMER + code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", _BLOCK_POSTFORMER + code], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout,
     )
     assert result.returncode == 0, f"subprocess failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     return result.stdout

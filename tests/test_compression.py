@@ -3,6 +3,7 @@ the checkpoint's contents, errors, and the `compress` command."""
 
 import json
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 import torch
-from conftest import TINY_POSTS, save_tiny_model, tiny_config
+from conftest import TINY_POSTS, run_without_postformer, save_tiny_model, tiny_config
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
@@ -92,7 +93,7 @@ def test_compressed_folder_loads_back_close_to_the_original(model_dir, posts_fil
     out = tmp_path / name
     report = compress_model(model_dir, out, data=posts_file, **options, **QUICK)
 
-    loaded = AutoModelForCausalLM.from_pretrained(out)  # no extra argument
+    loaded = AutoModelForCausalLM.from_pretrained(out)  # nothing for the compression (postformer is imported here)
     assert loaded.dtype == dtype
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight  # still tied, in floating point
     assert loaded.lm_head.weight.dtype == dtype
@@ -120,6 +121,31 @@ def tensor_bytes(path) -> int:
     with open(path, "rb") as file:
         header_length = int.from_bytes(file.read(8), "little")
     return path.stat().st_size - 8 - header_length
+
+
+def test_compressed_folders_are_custom_code_folders_without_postformer(model_dir, tmp_path):
+    """As the README says: without the package, a bf16 or int8 folder loads with trust_remote_code=True (and
+    nothing for the compression), like any Postformer folder, and not without it."""
+    compress_model(model_dir, tmp_path / "bf16", dtype="bf16", **QUICK)
+    compress_model(model_dir, tmp_path / "int8", int8=True, **QUICK)
+    out = run_without_postformer("""
+from transformers import AutoModelForCausalLM
+for name in ("bf16", "int8"):
+    try:
+        AutoModelForCausalLM.from_pretrained(name)
+        print("RESULT", name, "loaded without trust_remote_code")
+    except ValueError as error:
+        print("RESULT", name, "refused, asking for trust_remote_code:", "trust_remote_code=True" in str(error))
+    model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True)
+    weight = model.model.layers[0].self_attn.q_proj.weight
+    print("RESULT", name, type(model).__module__.split(".")[0], model.dtype, type(weight).__name__)
+""", cwd=tmp_path)  # (transformers' prompt, unanswered, is printed on stdout too)
+    assert re.findall(r"RESULT (.*)", out) == [
+        "bf16 refused, asking for trust_remote_code: True",
+        "bf16 transformers_modules torch.bfloat16 Parameter",
+        "int8 refused, asking for trust_remote_code: True",
+        "int8 transformers_modules torch.float32 Int8Tensor",
+    ]
 
 
 def test_half_precision_halves_the_weights_and_int8_shrinks_the_linear_ones(model_dir, tmp_path):

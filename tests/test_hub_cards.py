@@ -3,6 +3,8 @@
 import json
 import math
 import re
+import shutil
+from contextlib import contextmanager
 
 import pytest
 import yaml
@@ -33,18 +35,27 @@ LABELS = {0: "love", 1: "haha", 2: "angry"}
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """The folder the model folders below share (the usage snippets name them relative to it)."""
+    """The project folder the commands below run in: their cards are written with the folders' paths relative to
+    it, as `postformer train --output-dir runs/tiny-run` gives them, and the usage snippets run from it."""
     return tmp_path_factory.mktemp("models")
+
+
+@contextmanager
+def working_directory(path):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(path)
+        yield
 
 
 @pytest.fixture(scope="module")
 def run_folder(models):
-    """A training output folder as `postformer train` leaves it, with its card written."""
-    folder = save_tiny_model(models / "tiny-run")
+    """A training output folder as `postformer train --output-dir runs/tiny-run` leaves it, with its card."""
+    folder = save_tiny_model(models / "runs" / "tiny-run")
     write_json(folder / "metrics.json", METRICS)
     write_json(folder / "training_config.json", training_config(learning_rate=0.002))
     (folder / "loss_curve.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    assert write_model_card(folder) == folder / "README.md"
+    with working_directory(models):
+        assert write_model_card("runs/tiny-run").resolve() == folder / "README.md"
     return folder
 
 
@@ -58,7 +69,8 @@ def classifier_folder(models):
     PostformerForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     write_json(folder / "metrics.json", {"accuracy": 0.8125, "macro_f1": 0.75, "loss": 0.625})
-    write_model_card(folder)
+    with working_directory(models):
+        write_model_card("classifier")
     return folder
 
 
@@ -69,8 +81,8 @@ def usage_snippet(folder) -> str:
 
 @pytest.fixture(scope="module")
 def snippet_output(models, run_folder, classifier_folder) -> dict[str, list[str]]:
-    """What each card's usage snippet prints, run as written from the models' folder in one process (starting
-    Python with torch and transformers is most of the cost) that cannot import postformer."""
+    """What each card's usage snippet prints, run as written from the folder the cards were written in, in one
+    process (starting Python with torch and transformers is most of the cost) that cannot import postformer."""
     folders = {"lm": run_folder, "classifier": classifier_folder}
     code = "".join(f"print('=== {key}')\nexec({usage_snippet(folder)!r}, {{}})\n" for key, folder in folders.items())
     out = run_without_postformer(code, cwd=models)
@@ -106,7 +118,7 @@ def test_metadata_of_a_run_on_the_bundled_sample(run_folder):
     assert (data.license, data.language, data.library_name, data.pipeline_tag) == (
         "mit", "en", "transformers", "text-generation")
     assert {"postformer", "social-media", "custom_code"} <= set(data.tags)
-    assert data.datasets == ["fb-posts"] and data.base_model is None
+    assert data.datasets is None and data.base_model is None  # the bundled sample is on GitHub, not the Hub
     assert data.model_name == "tiny-run"
     assert metric_values(card) == {"perplexity": METRICS["eval_perplexity"], "loss": METRICS["eval_loss"],
                                    "bits-per-character": METRICS["eval_bits_per_character"]}
@@ -148,10 +160,29 @@ def test_sections_come_from_the_folder_files(run_folder):
 @pytest.mark.slow
 def test_usage_snippet_runs_without_postformer_and_generates(run_folder, snippet_output):
     code = usage_snippet(run_folder)
-    assert 'model_id = "tiny-run"' in code and "AutoModelForCausalLM" in code and 'pipeline("text-generation"' in code
+    assert 'model_id = "./runs/tiny-run"  # this folder; after `postformer push`, its Hub id: "your-name/tiny-run"' \
+        in code  # "./": never taken for the Hub id "runs/tiny-run"
+    assert "AutoModelForCausalLM" in code and 'pipeline("text-generation"' in code
     generated = [line for line in snippet_output["lm"] if line.startswith("Breaking news:")]
     assert len(generated) == 2, snippet_output  # model.generate, then the pipeline
     assert all(len(line) > len("Breaking news:") for line in generated), snippet_output
+
+
+@pytest.mark.parametrize("given, model_id", [
+    ("runs/small", "./runs/small"), ("./runs/small/", "./runs/small"), ("../elsewhere/small", "../elsewhere/small"),
+    (".", "."), (None, None),  # None: the absolute path
+])
+def test_usage_snippet_loads_the_folder_by_the_path_it_was_given(tmp_path, given, model_id):
+    folder = save_tiny_model(tmp_path / "project" / "runs" / "small")
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copytree(folder, tmp_path / "elsewhere" / "small")
+    cwd = folder if given == "." else tmp_path / "project"
+    with working_directory(cwd):
+        card = render_model_card(given or folder)
+    code = re.search(r"```python\n(.*?)```", section(card.text, "How to use"), re.S).group(1)
+    assert f"model_id = {json.dumps(model_id or str(folder))}  #" in code
+    assert (cwd / (model_id or folder) / "config.json").is_file()  # from where the card was rendered
+    assert '"your-name/small"' in code
 
 
 def test_missing_optional_files_drop_their_sections(tmp_path):
@@ -173,7 +204,7 @@ def test_fine_tune_on_user_data_takes_its_readme_licence_and_base_model(tmp_path
     write_json(folder / "training_config.json", training_config(data=str(data / "posts.jsonl")))
     card = ModelCard.load(write_model_card(folder, base_model="someone/postformer-small"))
     assert card.data.base_model == "someone/postformer-small" and "fine-tuned" in card.data.tags
-    assert card.data.license == "cc-by-4.0" and card.data.datasets == ["posts"]
+    assert card.data.license == "cc-by-4.0" and card.data.datasets is None
     training_data = section(card.text, "Training data")
     assert str(data / "posts.jsonl") in training_data and "\n### My posts\n\nCollected by hand." in training_data
     assert "](https://huggingface.co/someone/postformer-small)" in card.text
@@ -183,6 +214,30 @@ def test_fine_tune_on_user_data_takes_its_readme_licence_and_base_model(tmp_path
     card = render_model_card(folder, base_model=str(tmp_path / "ft"))
     assert card.data.license == "other" and card.data.base_model is None
     assert f"Fine-tuned from the local model `{tmp_path / 'ft'}`" in card.text
+
+
+def test_local_data_is_named_in_the_text_never_in_the_metadata(tmp_path):
+    data = tmp_path / "exports" / "my_posts.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TINY_POSTS))
+    folder = save_tiny_model(tmp_path / "runs" / "mine")
+    write_json(folder / "training_config.json", training_config(data=str(data)))
+    write_json(folder / "metrics.json", {"eval_loss": 3.0, "eval_perplexity": 20.0})
+    card = validate_model_card(write_model_card(folder, base_model=str(tmp_path / "runs" / "small")))
+    metadata = yaml.safe_load(str(card).split("---\n")[1])
+    assert "datasets" not in metadata and "base_model" not in metadata
+    assert str(tmp_path) not in yaml.safe_dump(metadata)  # no local path anywhere in the metadata
+    [dataset] = {(r.dataset_type, r.dataset_name) for r in card.data.eval_results}
+    assert dataset == ("my_posts", "my_posts.jsonl")
+    assert f"Posts from `{data}`" in section(card.text, "Training data")
+
+    # a compressed copy, evaluated on other local posts: the same in the compression report's evaluation
+    write_json(folder / "compression_report.json", {"evaluation": {"data": str(data.with_name("held_out.jsonl")),
+                                                                   "after": {"loss": 3.5}}})
+    card = render_model_card(folder)
+    assert str(tmp_path) not in yaml.safe_dump(card.data.to_dict())
+    assert {r.dataset_name for r in card.data.eval_results} == {"held_out.jsonl"}
+    assert f"Measured on the compressed weights, on {data.with_name('held_out.jsonl')}" in card.text
 
 
 def test_classifier_card_has_its_pipeline_tag_metrics_and_a_working_snippet(classifier_folder, snippet_output):
@@ -237,6 +292,8 @@ def set_metric_value(metadata, value):
     (lambda m: m.update(library_name=["transformers"]), "library_name"),
     (lambda m: m.update(base_model=5), "base_model"),
     (lambda m: m.update(datasets=[1]), "datasets"),
+    (lambda m: m.update(datasets=["/tmp/pytest-7/data/my_posts.jsonl"]), "datasets"),  # a path, not a Hub id
+    (lambda m: m.update(base_model="/home/me/runs/small"), "base_model"),
 ])
 def test_invalid_metadata_is_a_value_error_naming_the_field(run_folder, tmp_path, change, field):
     metadata, body = valid_metadata(run_folder)

@@ -19,6 +19,7 @@ from postformer.push import (
     HubAuthenticationError,
     HubConnectionError,
     format_plan,
+    left_out,
     push_to_hub,
     upload_plan,
 )
@@ -53,7 +54,13 @@ NOT_UPLOADED = {
     "tokenizer.json.tmp": b"partial write",
     "README.md~": b"editor backup",
     "__pycache__/modeling_postformer.cpython-311.pyc": b"bytecode",
+    # per-post dumps postformer writes into model folders: the user's posts, or generations that can repeat them
+    "eval_predictions.jsonl": b'{"split": "validation", "text": "a private post", "label": "love"}\n',
+    "samples.jsonl": b'{"step": 10, "prompt": "Breaking news:", "text": " a training post, verbatim"}\n',
 }
+# ... as the dry run lists them: one entry per file or left-out folder.
+LEFT_OUT_ENTRIES = {"checkpoint-2/", "runs/", "training_args.bin", "pytorch_model.bin", ".hidden_notes", ".cache/",
+                    "tokenizer.json.tmp", "README.md~", "__pycache__/", "eval_predictions.jsonl", "samples.jsonl"}
 # ... and what it leaves that is worth publishing.
 UPLOADED_EXTRAS = {
     "metrics.json": b'{"eval_loss": 3.0}\n',
@@ -102,8 +109,18 @@ def test_dry_run_plan_lists_each_publishable_file_and_nothing_else(model_dir, ca
     for path, size in plan:
         assert re.search(rf"^{re.escape(path)}\s+{size:,} bytes$", out, re.MULTILINE), path
     assert f"{len(plan)} files, {sum(size for _, size in plan):,} bytes would be uploaded to me/tiny-posts" in out
-    assert "training_args.bin" not in out and "checkpoint-2" not in out
     assert format_plan(plan).count("\n") == len(plan)
+
+    # what is left out, each with why, after the plan; none of it as a file to upload
+    skipped = dict(left_out(model_dir))
+    assert set(skipped) == LEFT_OUT_ENTRIES
+    assert all(any(name == entry or name.startswith(entry) for entry in skipped) for name in NOT_UPLOADED)
+    planned, listed = out.split(f"left out, never uploaded ({len(LEFT_OUT_ENTRIES)}):\n")
+    for entry, reason in skipped.items():
+        assert re.search(rf"^  {re.escape(entry)}\s+{re.escape(reason)}$", listed, re.MULTILINE), entry
+        assert not re.search(rf"^{re.escape(entry)}", planned, re.MULTILINE), entry
+    assert "held-out post" in skipped["eval_predictions.jsonl"] and "verbatim" in skipped["samples.jsonl"]
+    assert "pickle" in skipped["training_args.bin"] and "checkpoint" in skipped["checkpoint-2/"]
 
 
 def _remove_weights(folder):

@@ -1,6 +1,7 @@
 """The posts tokenizer: round trips, special tokens, padding, loading without the package, bad input."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -188,6 +189,38 @@ print("OK")
     )
     assert out.strip().endswith("OK")
     assert AutoTokenizer.from_pretrained(tmp_path / "tok")(text)["input_ids"] == expected["tok"]
+
+
+def test_model_folder_tokenizer_loads_without_postformer_as_the_readme_says(model_dir, tmp_path):
+    """README, Publishing: beside a model, AutoTokenizer asks whether to run the model's code unless
+    trust_remote_code is given (and, unanswered, loads anyway); with True, or False without running any of the
+    folder's code, or as a PreTrainedTokenizerFast, it loads the posts tokenizer without asking."""
+    text = "loving the match #football 😂 https://example.com/x"
+    reference = AutoTokenizer.from_pretrained(model_dir)  # postformer is imported here: no question
+    expected = [reference(text)["input_ids"], "left", 0]
+    out = run_without_postformer(f"""
+import json, sys
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+folder, text = {str(model_dir)!r}, {text!r}
+loads = {{
+    "trust_remote_code=False": lambda: AutoTokenizer.from_pretrained(folder, trust_remote_code=False),
+    "PreTrainedTokenizerFast": lambda: PreTrainedTokenizerFast.from_pretrained(folder),
+    "no argument": lambda: AutoTokenizer.from_pretrained(folder),
+    "trust_remote_code=True": lambda: AutoTokenizer.from_pretrained(folder, trust_remote_code=True),
+}}
+for name, load in loads.items():
+    print("\\n=== " + name, flush=True)
+    tokenizer = load()
+    ran_code = any(module.startswith("transformers_modules") for module in sys.modules)
+    print("RESULT", json.dumps([tokenizer(text)["input_ids"], tokenizer.padding_side, tokenizer.pad_token_id, ran_code]))
+""", cwd=tmp_path, timeout=120)  # stdin is empty: an unanswered question fails at once
+    sections = dict(re.findall(r"^=== ([^\n]+)\n(.*?)(?=^=== |\Z)", out, re.M | re.S))
+    assert list(sections) == ["trust_remote_code=False", "PreTrainedTokenizerFast", "no argument",
+                              "trust_remote_code=True"]
+    for name, printed in sections.items():
+        [result] = re.findall(r"RESULT (.*)", printed)
+        assert json.loads(result) == [*expected, name == "trust_remote_code=True"], name  # the model's code ran
+        assert ("Do you wish to run the custom code? [y/N]" in printed) == (name == "no argument"), name
 
 
 # ----------------------------------------------------------------------------------------------------------------

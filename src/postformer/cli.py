@@ -276,10 +276,10 @@ def _attention(args):
 
 
 def _push(args):
-    from .push import format_plan, push_to_hub, upload_plan
+    from .push import format_plan, left_out, push_to_hub, upload_plan
 
     if args.dry_run:
-        print(format_plan(upload_plan(args.model), args.repo_id))
+        print(format_plan(upload_plan(args.model), args.repo_id, left_out(args.model)))
         print("dry run: nothing was uploaded")
         return
     url = push_to_hub(args.model, args.repo_id, private=args.private, revision=args.revision,
@@ -448,9 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
         "compress", help="shrink a model folder (bf16/fp16, int8 weights, pruning) and measure the cost",
         description="Write a compressed copy of a model folder (model, tokenizer, compression_report.json): "
         "pruning first, then --dtype, then --int8. The report compares weights on disk, sparsity, validation "
-        "perplexity and greedy generation speed before and after. The result loads with "
-        "AutoModelForCausalLM.from_pretrained(OUT) and no extra argument; an --int8 folder needs torchao "
-        "installed (pip install 'postformer[extras]').",
+        "perplexity and greedy generation speed before and after. The result is a custom-code model folder, "
+        "like any Postformer folder: it loads with AutoModelForCausalLM.from_pretrained(OUT, "
+        "trust_remote_code=True), nothing more for the compression; an --int8 folder needs torchao installed "
+        "(pip install 'postformer[extras]').",
     )
     cmp.add_argument("--model", required=True, help="folder holding the model and its tokenizer (save_pretrained)")
     cmp.add_argument("--output-dir", required=True, help="new or empty folder to write the compressed model to")

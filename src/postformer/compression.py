@@ -11,12 +11,13 @@ so it is the safe choice; fp16 is more precise but can overflow on large activat
 int8 (`quantize_int8`): torchao's weight-only int8 quantisation (`Int8WeightOnlyConfig`: one int8 per weight
 and one scale per output row), applied through transformers' `TorchAoConfig` integration, because that path
 saves to safetensors (torchao's flattened tensor-subclass format: `<layer>._weight_qdata` int8,
-`_weight_scale`, `_weight_zero_point`) and loads back with a plain
+`_weight_scale`, `_weight_zero_point`) and loads back with
 
-    AutoModelForCausalLM.from_pretrained(folder)
+    AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 
-(no extra argument: the quantisation config is in config.json; torchao must be installed, and without the
-`postformer` package add `trust_remote_code=True` as for any Postformer folder). Activations stay in floating
+with no quantisation argument (the quantisation config is in config.json; torchao must be installed). The
+folder is a custom-code folder like any Postformer folder: `trust_remote_code=True` can be left out only in a
+process that has imported `postformer`, which registers the classes. Activations stay in floating
 point. torch.ao.quantization's dynamic quantisation is deprecated in this torch and only pickles, so it is not
 used. Tried and rejected: torchao's `Int8DynamicActivationInt8WeightConfig` saves and loads as well but
 generated at half the speed of fp32 on the CPU (it quantises every activation), against about the speed of
@@ -93,8 +94,8 @@ def to_dtype(model, dtype: str):
 def quantize_int8(model):
     """A new model whose decoder Linear weights are int8 (torchao weight-only, one scale per output row);
     embedding, tied LM head, biases and norms keep the model's dtype. See the module docstring for why this
-    path. Its `save_pretrained` writes safetensors that `AutoModelForCausalLM.from_pretrained(folder)` loads
-    back quantised.
+    path. Its `save_pretrained` writes safetensors that `AutoModelForCausalLM.from_pretrained(folder,
+    trust_remote_code=True)` loads back quantised.
 
     It goes through transformers' own loading path (save to a temporary folder, reload with a TorchAoConfig),
     so that the result carries the quantiser transformers needs to save it. Needs torchao.

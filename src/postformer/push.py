@@ -1,11 +1,13 @@
 """Publish a model folder on the Hugging Face Hub: check it, list what goes up, upload it in one commit.
 
 A model folder is what `save_pretrained` of a `PostformerForCausalLM` and of its tokenizer write, plus the model
-card (README.md); training and fine-tuning also leave things that must not be published: checkpoint-*/ folders
-(optimizer state, often larger than the model), runs/ (TensorBoard logs), training_args.bin and other pickles
-(a pickle runs code when loaded, and the Hub flags it), hidden and temporary files. `upload_plan` says exactly
-which files would be uploaded and refuses a folder that would not load from the Hub; `push_to_hub` uploads those
-files and nothing else.
+card (README.md); training and fine-tuning also leave things that must not be published: per-post dumps
+(classify-train's eval_predictions.jsonl holds the held-out posts verbatim; training's samples.jsonl, the
+generations logged at each evaluation, can repeat training posts), checkpoint-*/ folders (optimizer state, often
+larger than the model), runs/ (TensorBoard logs), training_args.bin and other pickles (a pickle runs code when
+loaded, and the Hub flags it), hidden and temporary files. `upload_plan` says exactly which files would be
+uploaded and refuses a folder that would not load from the Hub; `left_out` says what is not and why;
+`push_to_hub` uploads the planned files and nothing else.
 
 Only the standard library is imported at module level, so the CLI can name this module's errors cheaply.
 """
@@ -15,18 +17,27 @@ import os
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-# What is never uploaded, as the glob patterns `HfApi.upload_folder` takes (fnmatch: `*` also matches "/").
-# The plan filters with these same patterns, so the plan and the upload cannot disagree.
-IGNORE_PATTERNS = (
-    ".*", "*/.*",  # hidden files and folders at any depth: .git, .cache, .ipynb_checkpoints, .DS_Store
-    "checkpoint-*", "*/checkpoint-*", "tmp-checkpoint-*",  # Trainer checkpoints (optimizer and RNG state)
-    "runs/*", "*/runs/*", "wandb/*",  # experiment-tracking logs
-    "*__pycache__*", "*.pyc",
-    # pickles: loading one runs arbitrary code (training_args.bin, pytorch_model.bin, optimizer.pt, ...)
-    "*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt",
-    # temporary and partial files: editors, interrupted writes, lock files
-    "tmp*", "*/tmp*", "*.tmp", "*.temp", "*~", "*.swp", "*.swo", "*.lock", "*.part", "*.partial", "*.incomplete",
+# What is never uploaded, and why, as the glob patterns `HfApi.upload_folder` takes (fnmatch: `*` also matches
+# "/"); the first group that matches gives the reason. The plan filters with these same patterns, so the plan and
+# the upload cannot disagree.
+LEFT_OUT = (
+    # Per-post dumps that postformer writes into model folders: the user's data, or text that can repeat it.
+    (("eval_predictions.jsonl", "*/eval_predictions.jsonl"),
+     "classify-train's predictions: every held-out post, verbatim, with its label"),
+    (("samples.jsonl", "*/samples.jsonl"),
+     "the generations logged during training, which can repeat training posts verbatim"),
+    # hidden files and folders at any depth: .git, .cache, .ipynb_checkpoints, .DS_Store
+    ((".*", "*/.*"), "hidden"),
+    (("checkpoint-*", "*/checkpoint-*", "tmp-checkpoint-*"), "a Trainer checkpoint (optimizer and RNG state)"),
+    (("runs/*", "*/runs/*", "wandb/*"), "experiment-tracking logs"),
+    (("*__pycache__*", "*.pyc"), "Python bytecode"),
+    # training_args.bin, pytorch_model.bin, optimizer.pt, ...
+    (("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"), "a pickle: loading one runs arbitrary code"),
+    # editors, interrupted writes, lock files
+    (("tmp*", "*/tmp*", "*.tmp", "*.temp", "*~", "*.swp", "*.swo", "*.lock", "*.part", "*.partial", "*.incomplete"),
+     "a temporary or partial file"),
 )
+IGNORE_PATTERNS = tuple(pattern for patterns, _ in LEFT_OUT for pattern in patterns)
 TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 CARD_HINT = "write it with postformer.hub_cards.write_model_card(model_dir)"
 
@@ -43,23 +54,47 @@ class HubRequestError(ValueError):
     """The Hub answered, and refused the request (bad repository name, no access, ...)."""
 
 
-def _is_ignored(path_in_repo: str) -> bool:
-    return any(fnmatchcase(path_in_repo, pattern) for pattern in IGNORE_PATTERNS)
+def _why_left_out(path_in_repo: str) -> str | None:
+    """Why the file (or folder, ending in "/") is never uploaded, or None when it may be."""
+    for patterns, reason in LEFT_OUT:
+        if any(fnmatchcase(path_in_repo, pattern) for pattern in patterns):
+            return reason
+    return None
 
 
-def _list_files(folder: Path) -> dict[str, int]:
-    """Every file that is not ignored, by its path in the repository (POSIX), with its size in bytes."""
-    files = {}
+def _walk(folder: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Every file that may be uploaded, by its path in the repository (POSIX), with its size in bytes; and what
+    is left out, with why (a left-out folder is one entry, ending in "/")."""
+    files, left_out = {}, []
     for root, dirs, names in os.walk(folder):
         relative_root = Path(root).relative_to(folder)
-        # Do not walk into ignored folders: checkpoints can hold many large files.
-        dirs[:] = sorted(d for d in dirs if not _is_ignored((relative_root / d).as_posix() + "/"))
+        kept = []
+        for name in sorted(dirs):  # an ignored folder is not walked into: checkpoints can hold many large files
+            path_in_repo = (relative_root / name).as_posix() + "/"
+            reason = _why_left_out(path_in_repo)
+            if reason:
+                left_out.append((path_in_repo, reason))
+            else:
+                kept.append(name)
+        dirs[:] = kept
         for name in names:
             path = Path(root) / name
             path_in_repo = (relative_root / name).as_posix()
-            if not _is_ignored(path_in_repo) and path.is_file():
+            reason = _why_left_out(path_in_repo)
+            if reason:
+                left_out.append((path_in_repo, reason))
+            elif path.is_file():
                 files[path_in_repo] = path.stat().st_size
-    return dict(sorted(files.items()))
+    return dict(sorted(files.items())), sorted(left_out)
+
+
+def left_out(model_dir) -> list[tuple[str, str]]:
+    """What `push_to_hub` never uploads from `model_dir`, and why: (path in the repository, reason) pairs, sorted
+    by path; a folder left out is one entry, its path ending in "/". See LEFT_OUT."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"model folder {str(folder)!r} is not a folder")
+    return _walk(folder)[1]
 
 
 def _check_weights(folder: Path, files: dict[str, int], missing: list[str], bad: list[str]) -> None:
@@ -126,9 +161,10 @@ def upload_plan(model_dir) -> list[tuple[str, int]]:
     """Exactly what `push_to_hub` would upload from `model_dir`: (path in the repository, size in bytes) pairs,
     sorted by path.
 
-    Left out: checkpoint-*/ folders, runs/ and wandb/ logs, pickles (training_args.bin, *.pt, *.pth, *.pkl, and
+    Left out (`left_out` lists them, with why): per-post dumps (eval_predictions.jsonl, samples.jsonl),
+    checkpoint-*/ folders, runs/ and wandb/ logs, pickles (training_args.bin, *.pt, *.pth, *.pkl, and
     pytorch_model.bin: weights go up as safetensors only), hidden files and folders, temporary files (see
-    IGNORE_PATTERNS).
+    LEFT_OUT).
 
     The folder must hold a complete model, else a FileNotFoundError (only things missing) or ValueError (something
     present but unusable) names every problem at once: the weights (model.safetensors, or its index and every shard
@@ -141,7 +177,7 @@ def upload_plan(model_dir) -> list[tuple[str, int]]:
         raise FileNotFoundError(f"model folder {str(folder)!r} does not exist")
     if not folder.is_dir():
         raise NotADirectoryError(f"model folder {str(folder)!r} is not a folder")
-    files = _list_files(folder)
+    files, _ = _walk(folder)
     missing: list[str] = []
     bad: list[str] = []
 
@@ -174,13 +210,19 @@ def upload_plan(model_dir) -> list[tuple[str, int]]:
     return list(files.items())
 
 
-def format_plan(plan: list[tuple[str, int]], repo_id: str | None = None) -> str:
-    """The plan as the CLI prints it: one line per file, then the total."""
+def format_plan(plan: list[tuple[str, int]], repo_id: str | None = None,
+                left_out: list[tuple[str, str]] = ()) -> str:
+    """The plan as the CLI prints it: one line per file, then the total; then, when `left_out` (as `left_out`
+    returns it) is given, what is not uploaded and why, so that a user can see their data stays home."""
     width = max(len(path) for path, _ in plan)
     lines = [f"{path:<{width}}  {size:>12,} bytes" for path, size in plan]
     total = sum(size for _, size in plan)
     target = f" to {repo_id}" if repo_id else ""
     lines.append(f"{len(plan)} files, {total:,} bytes would be uploaded{target}")
+    if left_out:
+        width = max(len(path) for path, _ in left_out)
+        lines.append(f"left out, never uploaded ({len(left_out)}):")
+        lines += [f"  {path:<{width}}  {reason}" for path, reason in left_out]
     return "\n".join(lines)
 
 
@@ -304,6 +346,6 @@ def push_to_hub(
 
 
 __all__ = [
-    "IGNORE_PATTERNS", "HubAuthenticationError", "HubConnectionError", "HubRequestError", "upload_plan",
-    "format_plan", "push_to_hub",
+    "IGNORE_PATTERNS", "LEFT_OUT", "HubAuthenticationError", "HubConnectionError", "HubRequestError", "upload_plan",
+    "left_out", "format_plan", "push_to_hub",
 ]

@@ -3,7 +3,11 @@
 Byte-level BPE can encode any Unicode string and decode it back unchanged. What makes it a *posts* tokenizer
 is the pre-tokenizer: URLs, hashtags, @mentions and emoji sequences (ZWJ families, skin tones, flags) are kept
 as single pieces, so BPE learns them as units instead of splitting them on punctuation like a book tokenizer.
-Everything lives in `tokenizer.json`, so `AutoTokenizer.from_pretrained(folder)` needs no custom code.
+Everything lives in `tokenizer.json`, so `AutoTokenizer.from_pretrained(folder)` needs no custom code. Beside a
+model it still wants `trust_remote_code=True` (or False): transformers 5's AutoTokenizer loads the folder's
+config with AutoConfig before it reads any tokenizer file, and the model's `auto_map` makes AutoConfig ask
+whether to run the model's code. Nothing saved with the tokenizer is read early enough to avoid that (see the
+README, Publishing).
 """
 
 from collections.abc import Iterable
