@@ -186,6 +186,11 @@ def test_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path, mo
     assert not (tmp_path / "interrupted" / "model.safetensors").exists()
     assert cli([*argv, "--resume"]) == 0
     printed = capsys.readouterr()
+    summary = printed.out.split("\n{")[0]  # printed before training starts
+    assert "data: the bundled posts sample (4,000 train / 40 validation posts" in summary
+    assert "training: 30 steps x 256 tokens = 7,680 tokens; about" in summary and "output: " in summary
+    logged = [json.loads(line) for line in printed.out.splitlines() if line.startswith('{"loss"')]
+    assert logged and all(isinstance(entry["loss"], float) for entry in logged)  # numbers, not quoted strings
     assert f"resuming from {tmp_path / 'interrupted' / 'checkpoint-20'} (step 20)" in printed.out
     assert "missing keys" not in printed.err  # the tied LM head is tied again, silently
 

@@ -13,7 +13,8 @@ MAP_BATCH_SIZE = 1000
 
 
 def _tokenize(batch, tokenizer):
-    encoded = tokenizer(batch["text"], add_special_tokens=True)["input_ids"]  # <s> post
+    # verbose=False: posts longer than the context are fine here (packing cuts them into blocks), so no warning
+    encoded = tokenizer(batch["text"], add_special_tokens=True, verbose=False)["input_ids"]  # <s> post
     return {"input_ids": [ids + [tokenizer.eos_token_id] for ids in encoded]}
 
 
@@ -43,7 +44,7 @@ def tokens_per_character(posts: datasets.Dataset, tokenizer: PreTrainedTokenizer
     tokens = chars = 0
     for start in range(0, len(posts), MAP_BATCH_SIZE):
         texts = posts[start : start + MAP_BATCH_SIZE]["text"]
-        tokens += sum(len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=True)["input_ids"])
+        tokens += sum(len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"])
         chars += sum(len(text) + 1 for text in texts)
     if chars == 0:
         raise ValueError("no posts to measure tokens per character on")

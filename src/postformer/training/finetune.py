@@ -26,6 +26,7 @@ Adapters trained on Postformer 0.1 target its fused `qkv_proj`, which models no 
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -141,7 +142,10 @@ def finetune(model_dir, data=None, output_dir=None, **options) -> dict:
 
 def run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> dict:
     """`finetune` from its parsed arguments (what `postformer finetune` calls)."""
-    with progress_bars(not args.quiet):
+    with progress_bars(not args.quiet), warnings.catch_warnings():
+        # PEFT asks transformers for `is_gradient_checkpointing`, which transformers 5 deprecates: not the user's
+        # to act on.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         return _run_finetune(job, args)
 
 

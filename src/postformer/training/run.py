@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
 from ..data import load_posts
@@ -19,7 +20,7 @@ from .arguments import MODEL_FIELDS, PostformerTrainingArguments, PretrainArgume
 from .data import pack_posts, tokens_per_character
 from ..progress import progress_bars
 from ..saving import staged_save, write_text
-from .trainer import PostformerTrainer, SampleGenerationCallback
+from .trainer import PostformerTrainer, SampleGenerationCallback, flops_per_token, measure_matmul_peak
 
 class TrainingInterrupted(Exception):
     """Training was stopped with Ctrl-C (KeyboardInterrupt) at `step`; the checkpoints written so far are kept."""
@@ -118,6 +119,9 @@ def _train(config: PretrainArguments, args: PostformerTrainingArguments) -> dict
     set_seed(args.seed)  # the initial weights depend on the seed alone, so runs are reproducible
     model = PostformerForCausalLM(model_config)
     model.generation_config = posts_generation_config(tokenizer)  # saved as the folder's generation_config.json
+    peak = measure_matmul_peak(torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32)
+    if args.should_save:
+        print(run_summary(config, args, posts, tokenizer, model, len(train_blocks), peak))
     trainer = PostformerTrainer(
         model=model,
         args=args,
@@ -126,6 +130,7 @@ def _train(config: PretrainArguments, args: PostformerTrainingArguments) -> dict
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         processing_class=tokenizer,
         tokens_per_character=tokens_per_character(posts["validation"], tokenizer),
+        peak_flops=peak,
         callbacks=[SampleGenerationCallback(tokenizer, config.sample_prompts)],
     )
     if args.should_save:
@@ -148,6 +153,35 @@ def _train(config: PretrainArguments, args: PostformerTrainingArguments) -> dict
         plot_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")
         write_model_card(output_dir)  # README.md with Hub metadata, from the files written above
     return metrics
+
+
+ESTIMATE_MFU = 0.4  # the share of the matmul peak that small models reach in training here (benchmarks/results)
+
+
+def run_summary(config: PretrainArguments, args: PostformerTrainingArguments, posts, tokenizer, model, train_blocks,
+                peak_flops: float) -> str:
+    """What the run is about to do, printed before it starts: data, tokenizer, model, steps, tokens, where it
+    writes, and a time estimate from the machine's measured matmul peak."""
+    steps = args.max_steps if args.max_steps > 0 else None
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * config.block_size
+    parameters = sum(p.numel() for p in model.parameters())
+    train_posts = "streamed" if config.streaming else f"{len(posts['train']):,}"
+    lines = [
+        f"data: {config.data or 'the bundled posts sample'} ({train_posts} train / {len(posts['validation']):,} "
+        f"validation posts{'' if config.streaming else f', {train_blocks:,} blocks of {config.block_size} tokens'})",
+        f"tokenizer: {config.tokenizer or 'trained for this run'} (vocabulary {len(tokenizer):,})",
+        f"model: {config.preset} preset, {parameters:,} parameters, {model.config.num_hidden_layers} layers x "
+        f"{model.config.hidden_size}",
+    ]
+    if steps is not None:
+        tokens = steps * per_step
+        seconds = tokens * flops_per_token(model, config.block_size) / (ESTIMATE_MFU * peak_flops)
+        duration = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+        lines.append(f"training: {steps:,} steps x {per_step:,} tokens = {tokens:,} tokens; about {duration} of "
+                     f"training here (at {ESTIMATE_MFU:.0%} of the measured {peak_flops / 1e9:.0f} GFLOP/s matmul "
+                     "peak), plus evaluation")
+    lines.append(f"output: {args.output_dir}")
+    return "\n".join(lines)
 
 
 def final_evaluation(trainer: PostformerTrainer) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -68,6 +69,10 @@ class PostformerTrainer(Trainer):
     def __init__(self, *args, tokens_per_character: float | None = None, peak_flops: float | None = None, **kwargs):
         self._staging = None  # while a checkpoint is saved: the temporary folder it goes into (see _save_checkpoint)
         super().__init__(*args, **kwargs)
+        # Log lines as JSON with numbers as numbers (Trainer's printers quote them: {'loss': '6.166'}).
+        for plain, ours in ((ProgressCallback, JSONProgressCallback), (PrinterCallback, JSONPrinterCallback)):
+            if self.callback_handler.pop_callback(plain) is not None:
+                self.add_callback(ours)
         self.tokens_per_character = tokens_per_character
         self.peak_flops = peak_flops
         self._last_log = None  # (time, tokens seen) at the previous training log
@@ -103,13 +108,19 @@ class PostformerTrainer(Trainer):
                 tokens_per_second = (seen - self._last_log[1]) / (now - self._last_log[0])
                 logs["tokens_per_second"] = tokens_per_second
                 if self.peak_flops is None:
-                    dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
-                    self.peak_flops = measure_matmul_peak(dtype)
+                    self.peak_flops = measure_matmul_peak(self._peak_dtype())
                     now = time.perf_counter()  # do not count the measurement as training time
                 flops = flops_per_token(self.model, self._sequence_length)
+                if tokens_per_second * flops > self.peak_flops:
+                    # The peak was measured while something else slowed the machine: measure again, keep the best.
+                    self.peak_flops = max(self.peak_flops, measure_matmul_peak(self._peak_dtype()))
+                    now = time.perf_counter()
                 logs["mfu"] = tokens_per_second * flops / self.peak_flops
             self._last_log = (now, seen)
         super().log(logs, start_time)
+
+    def _peak_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # A checkpoint holds a tied LM head once, under the embedding's name (safetensors stores no aliases), so on
@@ -193,6 +204,27 @@ class PostformerTrainer(Trainer):
             write_atomically(path, lambda tmp: self.state.save_to_json(str(tmp)))
 
 
+def format_logs(logs: dict) -> str:
+    """A log entry as one JSON line, floats to 4 significant digits and kept numbers."""
+    return json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in logs.items() if k != "total_flos"})
+
+
+class JSONProgressCallback(ProgressCallback):
+    """Trainer's progress bar, with log lines from `format_logs`."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None:
+            self.training_bar.write(format_logs(logs))
+
+
+class JSONPrinterCallback(PrinterCallback):
+    """Trainer's printer (no progress bar), with log lines from `format_logs`."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero:
+            print(format_logs(logs))
+
+
 class SampleGenerationCallback(TrainerCallback):
     """At each evaluation, continue a few fixed post prompts greedily (no RNG is drawn, so sampling here never
     changes the course of training) and append them to `samples.jsonl` in the output folder."""
@@ -216,5 +248,5 @@ class SampleGenerationCallback(TrainerCallback):
         with open(Path(args.output_dir) / "samples.jsonl", "a", encoding="utf-8") as f:
             for prompt, text in zip(self.prompts, texts):
                 f.write(json.dumps({"step": state.global_step, "prompt": prompt, "text": text}, ensure_ascii=False) + "\n")
-                print(f"[step {state.global_step}] {prompt}{text}")
+                print(f"[step {state.global_step}] {prompt}{' '.join(text.split())}")  # one line per sample
         model.train(was_training)
