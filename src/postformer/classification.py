@@ -32,7 +32,8 @@ from transformers import (
 
 from ._text import check_text
 from .hub_cards import write_model_card
-from .data import _SPLIT_NAMES, _format_of, _load_files, _split_files
+from .data.reading import _format_of, _load_files
+from .data.splits import _SPLIT_NAMES, _split_files
 from .model_files import WEIGHT_FILES, check_model_folder
 from .model_files import check_vocab, check_weights, load_config, load_tokenizer
 from .saving import check_writable, saving
