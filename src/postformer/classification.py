@@ -32,8 +32,7 @@ from transformers import (
 
 from ._text import check_text
 from .hub_cards import write_model_card
-from .data.reading import _format_of, _load_files
-from .data.splits import _SPLIT_NAMES, _split_files
+from .data import load_labelled_files
 from .model_files import WEIGHT_FILES, check_model_folder
 from .model_files import check_vocab, check_weights, load_config, load_tokenizer
 from .saving import check_writable, saving
@@ -135,33 +134,6 @@ def _sorted_labels(names) -> list[str]:
         return sorted(names)
 
 
-def _read_labelled_files(path: Path, on_bad_lines: str = "error") -> tuple[datasets.DatasetDict, dict[str, str]]:
-    """The splits of `path` as loaded (all columns), and per split the file it came from (for messages)."""
-    if path.is_dir() and any((path / n).exists() for n in ("dataset_dict.json", "dataset_info.json", "state.json")):
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.Dataset):
-            loaded = datasets.DatasetDict(train=loaded)
-        return loaded, {split: f"{path} ({split} split)" for split in loaded}
-    if path.is_dir():
-        files = _split_files(path)
-        if not files:
-            raise FileNotFoundError(
-                f"no labelled posts files in folder {path}: expected train/validation/test files ending in .jsonl, "
-                ".json, .csv or .tsv, or a folder written by datasets' save_to_disk"
-            )
-    else:
-        if path.stat().st_size == 0:
-            raise ValueError(f"no posts in {path}: the file is empty")
-        files = {"train": path}
-    plain = sorted(str(p) for p in files.values() if _format_of(p) == "text")
-    if plain:
-        raise ValueError(
-            f"{', '.join(plain)}: plain text has no label column; give labelled posts as JSONL, CSV or TSV with a "
-            "text and a label column"
-        )
-    return _load_files(files, on_bad_lines=on_bad_lines), {split: str(file) for split, file in files.items()}
-
-
 def load_labelled_posts(
     data: str | Path,
     text_field: str = "text",
@@ -171,7 +143,8 @@ def load_labelled_posts(
     on_bad_lines: str = "error",
 ) -> LabelledPosts:
     """Read labelled posts: a .jsonl/.json/.csv/.tsv file, a folder of such files named train/validation/test
-    (as `postformer.data.load_posts` reads them), or a folder written by `datasets`' `save_to_disk`.
+    (as `postformer.data.load_posts` reads them), or a folder written by `datasets`' `save_to_disk`; the files
+    are read by `postformer.data.load_labelled_files`, and their `text_field` and `label_field` columns kept.
 
     Rows with an empty text are skipped (as `load_posts` does). Raises ValueError when the text or label column
     is missing (naming the columns there are), when posts have an empty or missing label (saying how many and
@@ -181,16 +154,9 @@ def load_labelled_posts(
     for training) becomes one. Malformed JSON lines and CSV rows are a ValueError naming the file and line, or
     skipped with a warning when on_bad_lines="skip" (see `postformer.data.load_posts`).
     """
-    if data is None:
-        raise ValueError("no labelled data given: pass a file or folder of posts with a text and a label column")
-    path = Path(data)
-    if not path.exists():
-        raise FileNotFoundError(f"labelled posts not found: {path}")
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must be between 0 and 1 (exclusive), got {validation_fraction!r}")
-    loaded, sources = _read_labelled_files(path, on_bad_lines)
-    if "train" not in loaded:
-        raise ValueError(f"no train split in {path}: found splits {sorted(loaded)}")
+    loaded, sources = load_labelled_files(data, on_bad_lines)
 
     splits = {}
     for split, dataset in loaded.items():
@@ -216,7 +182,7 @@ def load_labelled_posts(
                 f"{len(missing)} of {len(texts)} posts in {source} have an empty or missing {label_field!r}: "
                 f"row(s) {listed} (rows counted from 1, a CSV's header not counted); label every post or drop them"
             )
-        splits[_SPLIT_NAMES.get(split, split)] = datasets.Dataset.from_dict({"text": texts, "label": labels})
+        splits[split] = datasets.Dataset.from_dict({"text": texts, "label": labels})
 
     train = splits["train"]
     if len(train) == 0:
@@ -249,7 +215,7 @@ def load_labelled_posts(
         splits["train"], splits["validation"] = train.select(train_rows), train.select(validation_rows)
         validation_source = f"a stratified {validation_fraction:g} of the train split (seed {seed})"
     if len(splits["validation"]) == 0:
-        raise ValueError(f"no posts in the validation split ({sources.get('validation', path)})")
+        raise ValueError(f"no posts in the validation split ({sources.get('validation', data)})")
     return LabelledPosts(datasets.DatasetDict(splits), label_names, validation_source)
 
 

@@ -1,7 +1,7 @@
 """Posts corpora as splits: `load_posts` (train and validation, and test when the data has one, with one "text"
-column) and `load_posts_split` (the posts of one file or split, to evaluate or score), from a file, a folder of
-train/validation/test files or a folder written by `datasets`' `save_to_disk`; the bundled sample when no data
-is given."""
+column), `load_posts_split` (the posts of one file or split, to evaluate or score) and `load_labelled_files`
+(labelled posts with every column, for classification), from a file, a folder of train/validation/test files
+or a folder written by `datasets`' `save_to_disk`; the bundled sample when no data is given."""
 
 import warnings
 from pathlib import Path
@@ -20,6 +20,18 @@ from .reading import (
 BUNDLED_POSTS = Path(__file__).resolve().parent / "posts"
 STREAMING_VALIDATION_POSTS = 200
 _SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """A folder written by `datasets`' `save_to_disk` (of a DatasetDict or of one Dataset)."""
+    return path.is_dir() and any((path / name).exists() for name in ("dataset_dict.json", "dataset_info.json",
+                                                                      "state.json"))
+
+
+def _load_from_disk(path: Path) -> datasets.DatasetDict:
+    """A `save_to_disk` folder's splits; one saved Dataset is the train split."""
+    loaded = datasets.load_from_disk(str(path))
+    return datasets.DatasetDict(train=loaded) if isinstance(loaded, datasets.Dataset) else loaded
 
 
 def _split_files(folder: Path) -> dict[str, Path]:
@@ -67,11 +79,9 @@ def load_posts(
     if not path.exists():
         raise FileNotFoundError(f"posts data not found: {path}")
 
-    if path.is_dir() and any((path / name).exists() for name in ("dataset_dict.json", "dataset_info.json", "state.json")):
+    if _is_saved_dataset(path):
         files = {}
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.Dataset):
-            loaded = datasets.DatasetDict(train=loaded)
+        loaded = _load_from_disk(path)
         if streaming:
             loaded = datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in loaded.items()})
     elif path.is_dir():
@@ -165,6 +175,55 @@ def load_posts_split(
     if len(dataset) == 0:
         raise ValueError(f"no posts in {path}: every post is empty")
     return dataset["text"]
+
+
+def load_labelled_files(
+    data: str | Path, on_bad_lines: str = "error"
+) -> tuple[datasets.DatasetDict, dict[str, str]]:
+    """Labelled posts as read, every column kept, for a caller that picks its text and label columns (as
+    `postformer.classification.load_labelled_posts` does); with, per split, where it came from, in words, for
+    that caller's messages (the file, or the saved folder and split).
+
+    `data` is a .jsonl/.json/.csv/.tsv file (its posts are the train split), a folder of such files named
+    train/validation/test (as `load_posts` reads them), or a folder written by `datasets`' `save_to_disk`.
+    Splits are named as `load_posts` names them ("valid" and "dev" are "validation"). Raises FileNotFoundError
+    for a missing file or a folder without posts files, ValueError for plain text (which has no label column), an
+    empty file, no train split and the malformed records `load_posts` names (skipped with a SkippedLinesWarning
+    when on_bad_lines="skip").
+    """
+    _check_on_bad_lines(on_bad_lines)
+    if data is None:
+        raise ValueError("no labelled data given: pass a file or folder of posts with a text and a label column")
+    path = Path(data)
+    if not path.exists():
+        raise FileNotFoundError(f"labelled posts not found: {path}")
+    if _is_saved_dataset(path):
+        loaded = _load_from_disk(path)
+        sources = {split: f"{path} ({split} split)" for split in loaded}
+    else:
+        if path.is_dir():
+            files = _split_files(path)
+            if not files:
+                raise FileNotFoundError(
+                    f"no labelled posts files in folder {path}: expected train/validation/test files ending in "
+                    ".jsonl, .json, .csv or .tsv, or a folder written by datasets' save_to_disk"
+                )
+        else:
+            if path.stat().st_size == 0:
+                raise ValueError(f"no posts in {path}: the file is empty")
+            files = {"train": path}
+        plain = sorted(str(p) for p in files.values() if _format_of(p) == "text")
+        if plain:
+            raise ValueError(
+                f"{', '.join(plain)}: plain text has no label column; give labelled posts as JSONL, CSV or TSV with "
+                "a text and a label column"
+            )
+        loaded = _load_files(files, on_bad_lines=on_bad_lines)
+        sources = {split: str(file) for split, file in files.items()}
+    if "train" not in {_SPLIT_NAMES.get(split, split) for split in loaded}:
+        raise ValueError(f"no train split in {path}: found splits {sorted(loaded)}")
+    return (datasets.DatasetDict({_SPLIT_NAMES.get(split, split): dataset for split, dataset in loaded.items()}),
+            {_SPLIT_NAMES.get(split, split): source for split, source in sources.items()})
 
 
 def _is_plain_text(path: Path) -> bool:
