@@ -23,7 +23,6 @@ import datasets
 import numpy as np
 import torch
 from transformers import (
-    AutoModelForSequenceClassification,
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
@@ -33,10 +32,8 @@ from transformers import (
 from ._text import check_text
 from .hub_cards import write_model_card
 from .data import load_labelled_files
-from .model_files import WEIGHT_FILES, check_model_folder
-from .model_files import check_vocab, check_weights, load_config, load_tokenizer
+from .model_files import WEIGHT_FILES, check_model, load_model
 from .saving import check_writable, saving
-from .modeling import PostformerForCausalLM, PostformerForSequenceClassification
 
 MAX_LISTED_ROWS = 10  # rows named in an error message; the count is always given in full
 
@@ -238,61 +235,29 @@ def _stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[li
 # Model folders
 
 
-def _model_folder_config(model_dir) -> tuple[Path, dict]:
-    """The folder and its config.json, after checking that it holds a Postformer model and its tokenizer."""
-    path, config = check_model_folder(model_dir)
-    if config.get("model_type") != "postformer":
-        raise ValueError(f"the model in {str(path)!r} is not a Postformer model (model_type {config.get('model_type')!r})")
-    return path, config
-
-
-def _is_classifier(config: dict) -> bool:
-    return any("ForSequenceClassification" in name for name in config.get("architectures") or [])
-
-
-def _classifier_tokenizer(path: Path, model_config):
-    tokenizer = load_tokenizer(path)
-    check_vocab(tokenizer, model_config, path)
-    tokenizer.padding_side = "right"  # see the module docstring
-    tokenizer.model_max_length = min(tokenizer.model_max_length, model_config.max_position_embeddings)
+def _for_classification(tokenizer, config):
+    """The tokenizer set up to encode posts for a classifier: padded on the right (see the module docstring) and
+    cut at the model's context."""
+    tokenizer.padding_side = "right"
+    tokenizer.model_max_length = min(tokenizer.model_max_length, config.max_position_embeddings)
     return tokenizer
 
 
 def init_classifier(model_dir, labels: list[str]):
     """A `PostformerForSequenceClassification` for `labels` on the body of the language model saved in
-    `model_dir` (its weights reused, the score head new), and the model's tokenizer set up for classification."""
-    path, config = _model_folder_config(model_dir)
-    if _is_classifier(config):
-        raise ValueError(
-            f"{str(path)!r} holds a sequence classifier ({', '.join(config['architectures'])}), not a language "
-            "model: classify-train starts from a language model folder (written by `postformer train`)"
-        )
-    check_weights(path, load_config(path, config), PostformerForCausalLM)  # a damaged folder, named, before training
-    model = PostformerForSequenceClassification.from_pretrained(
-        path,
+    `model_dir` (a folder or Hub id; its weights reused, the score head new), and the model's tokenizer set up for
+    classification. The model is loaded by `postformer.model_files.load_model`, which names a damaged folder."""
+    model, tokenizer = load_model(
+        model_dir,
+        "text-classification",
+        new_head=True,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         problem_type="single_label_classification",
         use_cache=False,  # a classifier reads each post once: no key/value cache to keep
     )
-    return model, _classifier_tokenizer(path, model.config)
-
-
-def load_classifier(model_dir):
-    """The sequence classifier (in eval mode) and its tokenizer saved in `model_dir` by `train_classifier`;
-    ValueError when the folder holds a language model instead."""
-    path, config = _model_folder_config(model_dir)
-    if not _is_classifier(config):
-        kind = ", ".join(config.get("architectures") or []) or "model without a classification head"
-        raise ValueError(
-            f"the model in {str(path)!r} is a {kind}, not a sequence classifier; train one from it with "
-            f"`postformer classify-train --model {path} --data LABELLED_POSTS --output-dir OUT`"
-        )
-    model_config = load_config(path, config)
-    check_weights(path, model_config, PostformerForSequenceClassification)
-    model = AutoModelForSequenceClassification.from_pretrained(path, config=model_config).eval()
-    return model, _classifier_tokenizer(path, model.config)
+    return model, _for_classification(tokenizer, model.config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -371,7 +336,7 @@ def train_classifier(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
-    _model_folder_config(model_dir)  # a wrong folder is reported before the data is read
+    check_model(model_dir, "text-classification", new_head=True)  # a wrong folder is named before the data is read
     posts = load_labelled_posts(data, text_field, label_field, validation_fraction, seed, on_bad_lines)
 
     set_seed(seed)  # the new head's initial weights depend on the seed alone
@@ -477,7 +442,8 @@ def _check_texts(texts, batch_size) -> None:
 
 
 def classify_with(model, tokenizer, texts: list[str], batch_size: int = 32) -> list[dict]:
-    """`classify_posts` with a classifier and tokenizer already loaded (`load_classifier`)."""
+    """`classify_posts` with a classifier and tokenizer already loaded (`postformer.model_files.load_model(folder,
+    "text-classification")`)."""
     _check_texts(texts, batch_size)
     id2label = model.config.id2label
     results = []
@@ -494,17 +460,17 @@ def classify_with(model, tokenizer, texts: list[str], batch_size: int = 32) -> l
 
 
 def classify_posts(model_dir, texts: list[str], batch_size: int = 32) -> list[dict]:
-    """Label each post with the classifier saved in `model_dir` (by `train_classifier`).
+    """Label each post with the classifier saved in `model_dir` (by `train_classifier`), a folder or Hub id.
 
     Returns, per post, {"label": the likeliest label, "score": its probability, "scores": {label: probability}}.
     Raises ValueError for an empty list, an empty post, or a folder holding a language model, not a classifier.
     """
     _check_texts(texts, batch_size)  # before the model is loaded
-    model, tokenizer = load_classifier(model_dir)
-    return classify_with(model, tokenizer, texts, batch_size)
+    model, tokenizer = load_model(model_dir, "text-classification")
+    return classify_with(model, _for_classification(tokenizer, model.config), texts, batch_size)
 
 
 __all__ = [
-    "LabelledPosts", "load_labelled_posts", "init_classifier", "load_classifier", "train_classifier",
+    "LabelledPosts", "load_labelled_posts", "init_classifier", "train_classifier",
     "classify_with", "classify_posts", "accuracy", "macro_f1", "per_class_scores",
 ]

@@ -199,20 +199,20 @@ def run_finetune(config: FinetuneConfig) -> dict:
     )
 
     from ..data import load_posts
-    from ..generation import check_model_dir, load_model_and_tokenizer
     from ..hub_cards import write_model_card
+    from ..model_files import check_model, load_model
     from ..saving import saving
     from .data import pack_posts
     from .run import plot_loss_curve
 
     _check_config(config)
-    model_dir = check_model_dir(config.model_dir)
+    model_dir = check_model(config.model_dir)
     output_dir = Path(config.output_dir)
-    _check_output_dir(model_dir, output_dir)
+    _check_output_dir(Path(model_dir), output_dir)
     learning_rate = config.learning_rate or (2e-4 if config.lora else 5e-5)
 
     set_seed(config.seed)  # LoRA's initial A matrices and dropout masks depend on the seed alone
-    model, tokenizer = load_model_and_tokenizer(model_dir)  # a damaged folder is named before any work
+    model, tokenizer = load_model(model_dir)  # a damaged folder is named before any work
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and config.block_size > context:
         raise ValueError(
