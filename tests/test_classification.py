@@ -1,6 +1,7 @@
 """Classification: a tiny classifier learns a separable labelling; metrics by hand; save/load; bad input; CLI."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def trained(model_dir, topic_posts, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Metrics by hand
+# Metrics (scikit-learn's) against values computed by hand
 
 
 def test_macro_f1_and_accuracy_match_hand_computed_values():
@@ -74,6 +75,21 @@ def test_macro_f1_and_accuracy_match_hand_computed_values():
         macro_f1([0, 1], [0])
     with pytest.raises(ValueError, match="empty"):
         accuracy([], [])
+
+
+def test_scoring_without_scikit_learn_says_what_to_install_before_training(model_dir, topic_posts, tmp_path,
+                                                                          monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sklearn.metrics", None)  # as if scikit-learn were not installed
+    with pytest.raises(ImportError, match=r"scoring a classifier needs scikit-learn: pip install 'postformer\[extras\]'"):
+        macro_f1([0, 1], [0, 1])
+    with pytest.raises(ImportError, match="needs scikit-learn"):
+        train_classifier(model_dir, topic_posts, tmp_path / "out", **FAST)
+    assert not (tmp_path / "out").exists()
+    assert cli(["classify-train", "--model", str(model_dir), "--data", str(topic_posts), "--output-dir",
+                str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("postformer classify-train: error: scoring a classifier needs scikit-learn")
+    assert len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 `train_classifier` reads a labelled posts file (a text and a label column), puts a new linear head on the
 language model's body (`PostformerForSequenceClassification`, which pools the last real token of a post) and
-fine-tunes the whole model with `transformers.Trainer`. It reports accuracy and macro-F1 on a held-out split,
-beside the majority-class baseline, and saves a Hub-style folder that `AutoModelForSequenceClassification`
+fine-tunes the whole model with `transformers.Trainer`. It reports accuracy and macro-F1 on a held-out split
+(scikit-learn's metrics: scikit-learn is in postformer's extras), beside the majority-class baseline, and saves a Hub-style folder that `AutoModelForSequenceClassification`
 loads (after `import postformer`, or with `trust_remote_code=True` without it). `classify_posts` labels posts
 with such a folder.
 
@@ -29,6 +29,7 @@ from transformers import (
     set_seed,
 )
 
+from ._dependencies import require
 from ._text import check_text
 from .hub_cards import write_model_card
 from .data import load_labelled_files
@@ -42,45 +43,48 @@ MAX_LISTED_ROWS = 10  # rows named in an error message; the count is always give
 # Metrics
 
 
-def _counts(y_true, y_pred, num_labels: int | None):
+def _sklearn_metrics():
+    """scikit-learn's metrics, imported when a classifier is scored (scikit-learn is in postformer's extras)."""
+    return require("sklearn.metrics", "scoring a classifier", "scikit-learn")
+
+
+def _check_labels(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
     y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true and y_pred differ in length: {len(y_true)} and {len(y_pred)}")
     if len(y_true) == 0:
         raise ValueError("no predictions to score: y_true and y_pred are empty")
-    n = max(int(y_true.max()), int(y_pred.max())) + 1 if num_labels is None else num_labels
-    true_positives = np.bincount(y_true[y_true == y_pred], minlength=n)
-    return y_true, y_pred, true_positives, np.bincount(y_true, minlength=n), np.bincount(y_pred, minlength=n)
+    return y_true, y_pred
 
 
 def per_class_scores(y_true, y_pred, num_labels: int | None = None) -> dict[str, np.ndarray]:
-    """Per class id: support (true count), predicted (count), precision, recall and F1, as arrays.
-
-    F1 is 2TP / (2TP + FP + FN), which equals 2PR / (P + R) and is 0 for a class that is never predicted
-    correctly; precision (recall) is 0 for a class never predicted (absent), as scikit-learn's zero_division=0.
-    """
-    _, _, tp, support, predicted = _counts(y_true, y_pred, num_labels)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
-        recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
-        denominator = 2 * tp + (predicted - tp) + (support - tp)
-        f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
-    return {"support": support, "predicted": predicted, "precision": precision, "recall": recall, "f1": f1}
+    """Per class id 0..num_labels-1 (default: up to the largest id seen): support (true count), predicted (count),
+    precision, recall and F1, as arrays; scikit-learn's `precision_recall_fscore_support` with zero_division=0, so
+    precision (recall) is 0 for a class never predicted (absent) and F1 is 0 for one never predicted correctly."""
+    metrics = _sklearn_metrics()
+    y_true, y_pred = _check_labels(y_true, y_pred)
+    labels = np.arange(max(y_true.max(), y_pred.max()) + 1 if num_labels is None else num_labels)
+    counts = metrics.confusion_matrix(y_true, y_pred, labels=labels)  # rows: true class, columns: predicted
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    return {"support": support, "predicted": counts.sum(axis=0), "precision": precision, "recall": recall, "f1": f1}
 
 
 def macro_f1(y_true, y_pred, num_labels: int | None = None) -> float:
-    """The unweighted mean of the per-class F1 over the classes that occur in y_true or y_pred (as
-    scikit-learn's `f1_score(average="macro", zero_division=0)`): a class that is present but never predicted
-    counts with F1 = 0, a class absent from both is left out."""
-    scores = per_class_scores(y_true, y_pred, num_labels)
-    present = (scores["support"] + scores["predicted"]) > 0
-    return float(scores["f1"][present].mean())
+    """scikit-learn's `f1_score(average="macro", zero_division=0)`: the unweighted mean of the per-class F1 over
+    the classes that occur in y_true or y_pred; a class that is present but never predicted counts with F1 = 0, a
+    class absent from both is left out (so `num_labels`, accepted as `per_class_scores` takes it, changes
+    nothing)."""
+    y_true, y_pred = _check_labels(y_true, y_pred)
+    return float(_sklearn_metrics().f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
 def accuracy(y_true, y_pred) -> float:
-    y_true, y_pred, *_ = _counts(y_true, y_pred, None)
-    return float((y_true == y_pred).mean())
+    """The share of predictions that are right (scikit-learn's `accuracy_score`)."""
+    y_true, y_pred = _check_labels(y_true, y_pred)
+    return float(_sklearn_metrics().accuracy_score(y_true, y_pred))
 
 
 def _compute_metrics(eval_prediction) -> dict:
@@ -327,7 +331,8 @@ def train_classifier(
     post (longer ones are cut at the end); None: the model's context length.
 
     Raises FileExistsError when `output_dir` already holds a model, ValueError for a folder that is not a
-    language model and for the data problems `load_labelled_posts` names.
+    language model and for the data problems `load_labelled_posts` names, MissingDependencyError (an ImportError)
+    without scikit-learn.
     """
     for name, value in (("epochs", epochs), ("learning_rate", learning_rate)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
@@ -336,6 +341,7 @@ def train_classifier(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
+    _sklearn_metrics()  # scores are needed at the end: say now what to install, not after training
     check_model(model_dir, "text-classification", new_head=True)  # a wrong folder is named before the data is read
     posts = load_labelled_posts(data, text_field, label_field, validation_fraction, seed, on_bad_lines)
 

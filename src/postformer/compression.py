@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from ._dependencies import MissingDependencyError, require
 from .hub_cards import write_model_card
 from .model_files import WEIGHT_FILES, check_model, load_model
 from .saving import check_writable, saving, write_text
@@ -63,19 +64,10 @@ _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.inde
 MB = 1_000_000
 
 
-class MissingDependencyError(ImportError, ValueError):
-    """An optional library is missing. Also a ValueError, so that the command line reports it in one line."""
-
-
 def _torchao():
     """transformers' TorchAoConfig and torchao's Int8WeightOnlyConfig, or a MissingDependencyError saying
     what to install."""
-    try:
-        from torchao.quantization import Int8WeightOnlyConfig
-    except ImportError:
-        raise MissingDependencyError(
-            "int8 quantisation needs torchao: pip install 'postformer[extras]' (or pip install torchao)"
-        ) from None
+    Int8WeightOnlyConfig = require("torchao.quantization", "int8 quantisation", "torchao").Int8WeightOnlyConfig
     from transformers import TorchAoConfig
 
     return TorchAoConfig, Int8WeightOnlyConfig
