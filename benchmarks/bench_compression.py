@@ -35,7 +35,7 @@ import transformers
 from postformer.compression import prune_model, quantize_int8, sparsity, to_dtype, weights_size
 from postformer.data import load_posts_split
 from postformer.evaluation import evaluate_posts
-from postformer.generation import load_model_and_tokenizer
+from postformer.model_files import load_model
 
 VARIANTS = {  # name: (prune ratio, dtype, int8), applied in that order, as `postformer compress` does
     "fp32": (None, None, False),
@@ -53,7 +53,7 @@ def build_variant(model_dir: Path, name: str, folder: Path) -> Path:
     ratio, dtype, int8 = VARIANTS[name]
     if ratio is None and dtype is None and not int8:
         return model_dir
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model, tokenizer = load_model(model_dir)
     if ratio is not None:
         prune_model(model, ratio, "global")
     if dtype is not None:
@@ -122,7 +122,7 @@ def main(argv=None):
         for name in args.variants:
             print(f"building and evaluating {name} ...", flush=True)
             folder = build_variant(model_dir, name, tmp / name)
-            model, tokenizer = load_model_and_tokenizer(folder)
+            model, tokenizer = load_model(folder)
             metrics = evaluate_posts(model, tokenizer, texts)
             models[name] = model
             results[name] = {"variant": name, "steps": dict(zip(("prune", "dtype", "int8"), VARIANTS[name])),

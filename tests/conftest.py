@@ -63,9 +63,9 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(model_dir):
     """The model and tokenizer of `model_dir`, loaded as the commands load them."""
-    from postformer.generation import load_model_and_tokenizer
+    from postformer.model_files import load_model
 
-    return load_model_and_tokenizer(model_dir)
+    return load_model(model_dir)
 
 
 @pytest.fixture

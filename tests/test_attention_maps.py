@@ -11,7 +11,7 @@ from conftest import save_tiny_model
 
 from postformer.attention_maps import AttentionMaps, _display_label, attention_weights, plot_attention
 from postformer.cli import main as cli
-from postformer.generation import load_model_and_tokenizer
+from postformer.model_files import load_model
 
 TEXT = "loving the match #football 😂😂 lol"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -46,7 +46,7 @@ def loaded(folders):
 
     def get(variant):
         if variant not in cache:
-            cache[variant] = load_model_and_tokenizer(folders(variant))
+            cache[variant] = load_model(folders(variant))
         return cache[variant]
 
     return get
@@ -127,7 +127,7 @@ def test_padding_is_irrelevant(loaded, variant):
 
 def test_training_mode_is_restored_and_dropout_is_off(tmp_path):
     folder = save_tiny_model(tmp_path / "dropout", attention_dropout=0.5, hidden_dropout=0.5)
-    model, tokenizer = load_model_and_tokenizer(folder)
+    model, tokenizer = load_model(folder)
     expected = attention_weights(model, tokenizer, TEXT).weights
     model.train()
     first = attention_weights(model, tokenizer, TEXT).weights
@@ -138,7 +138,7 @@ def test_training_mode_is_restored_and_dropout_is_off(tmp_path):
 
 
 def test_the_implementation_is_restored_when_the_forward_fails(folders):
-    model, tokenizer = load_model_and_tokenizer(folders("rope"))
+    model, tokenizer = load_model(folders("rope"))
     seen = []
 
     def failing_forward(*args, **kwargs):
@@ -196,7 +196,7 @@ def test_errors_for_empty_and_too_long_text(loaded):
 
 
 def test_error_for_a_model_without_attention_output(folders):
-    model, tokenizer = load_model_and_tokenizer(folders("rope"))
+    model, tokenizer = load_model(folders("rope"))
     model.set_attn_implementation = lambda implementation: None  # stays on sdpa, which returns no weights
     with pytest.raises(ValueError, match=r"PostformerForCausalLM returned no attention weights .*'sdpa'"):
         attention_weights(model, tokenizer, TEXT)
@@ -205,7 +205,7 @@ def test_error_for_a_model_without_attention_output(folders):
 def test_error_for_a_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(FileNotFoundError, match="is not a model folder: missing config.json"):
-        load_model_and_tokenizer(tmp_path)
+        load_model(tmp_path)
 
 
 def test_errors_for_bad_layer_head_and_output(rope_maps, tmp_path):

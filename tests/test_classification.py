@@ -1,6 +1,7 @@
 """Classification: a tiny classifier learns a separable labelling; metrics by hand; save/load; bad input; CLI."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from postformer.classification import (
     train_classifier,
 )
 from postformer.cli import main as cli
+from postformer.data import load_labelled_files
 
 TOPICS = ("election", "football", "phone", "song", "weather")  # each in 12 of the 60 TINY_POSTS
 FAST = dict(epochs=5, learning_rate=3e-3, batch_size=8, disable_progress_bar=True)
@@ -49,7 +51,7 @@ def trained(model_dir, topic_posts, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Metrics by hand
+# Metrics (scikit-learn's) against values computed by hand
 
 
 def test_macro_f1_and_accuracy_match_hand_computed_values():
@@ -73,6 +75,21 @@ def test_macro_f1_and_accuracy_match_hand_computed_values():
         macro_f1([0, 1], [0])
     with pytest.raises(ValueError, match="empty"):
         accuracy([], [])
+
+
+def test_scoring_without_scikit_learn_says_what_to_install_before_training(model_dir, topic_posts, tmp_path,
+                                                                          monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sklearn.metrics", None)  # as if scikit-learn were not installed
+    with pytest.raises(ImportError, match=r"scoring a classifier needs scikit-learn: pip install 'postformer\[extras\]'"):
+        macro_f1([0, 1], [0, 1])
+    with pytest.raises(ImportError, match="needs scikit-learn"):
+        train_classifier(model_dir, topic_posts, tmp_path / "out", **FAST)
+    assert not (tmp_path / "out").exists()
+    assert cli(["classify-train", "--model", str(model_dir), "--data", str(topic_posts), "--output-dir",
+                str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("postformer classify-train: error: scoring a classifier needs scikit-learn")
+    assert len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -194,6 +211,35 @@ def test_a_folder_with_its_own_validation_split_is_used_as_is(tmp_path):
     write_jsonl(tmp_path / "validation.jsonl", [{"text": "held out", "label": "7"}])
     with pytest.raises(ValueError, match=r"labels \['7'\] of the validation split .* never occur in the train split"):
         load_labelled_posts(tmp_path)
+
+
+def test_labelled_files_are_read_with_every_column_and_the_split_names_of_load_posts(tmp_path):
+    import datasets
+
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label,likes\nfirst,a,3\nsecond,b,5\n", encoding="utf-8")
+    (folder / "dev.csv").write_text("text,label,likes\nthird,a,1\n", encoding="utf-8")
+    splits, sources = load_labelled_files(folder)
+    assert sorted(splits) == ["train", "validation"] and splits["validation"]["text"] == ["third"]
+    assert splits["train"].column_names == ["text", "label", "likes"] and splits["train"]["likes"] == [3, 5]
+    assert sources == {"train": str(folder / "train.csv"), "validation": str(folder / "dev.csv")}
+
+    saved = tmp_path / "saved"
+    datasets.DatasetDict(train=splits["train"], dev=splits["validation"]).save_to_disk(str(saved))
+    splits, sources = load_labelled_files(saved)
+    assert sorted(splits) == ["train", "validation"] and sources["validation"] == f"{saved} (dev split)"
+
+    (tmp_path / "posts.txt").write_text("no labels here\n")
+    with pytest.raises(ValueError, match="plain text has no label column"):
+        load_labelled_files(tmp_path / "posts.txt")
+    with pytest.raises(FileNotFoundError, match="labelled posts not found"):
+        load_labelled_files(tmp_path / "missing.csv")
+    only_test = tmp_path / "only-test"
+    only_test.mkdir()
+    write_jsonl(only_test / "test.jsonl", [{"text": "x", "label": "a"}])
+    with pytest.raises(ValueError, match=r"no train split in .*only-test: found splits \['test'\]"):
+        load_labelled_files(only_test)
 
 
 def test_the_held_out_split_is_stratified_and_deterministic(topic_posts):

@@ -28,7 +28,7 @@ from postformer.compression import (
     weights_size,
 )
 from postformer.evaluation import evaluate_posts
-from postformer.generation import load_model_and_tokenizer
+from postformer.model_files import load_model
 
 EVAL_POSTS = TINY_POSTS[::3]  # 20 posts
 QUICK = dict(max_posts=20, new_tokens=4, speed_repeats=1)  # the measurements, as small as they go
@@ -45,7 +45,7 @@ def model_dir(tmp_path_factory):
     """The tiny model, trained for a few steps on TINY_POSTS (perplexity ~2): a random model predicts nearly
     uniformly, and its perplexity hardly moves whatever is done to the weights."""
     folder = save_tiny_model(tmp_path_factory.mktemp("model"))
-    model, tokenizer = load_model_and_tokenizer(folder)
+    model, tokenizer = load_model(folder)
     batch = tokenizer(TINY_POSTS, padding=True, return_tensors="pt")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -68,7 +68,7 @@ def posts_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def original(model_dir):
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model, tokenizer = load_model(model_dir)
     return model, tokenizer, evaluate_posts(model, tokenizer, EVAL_POSTS)["perplexity"]
 
 
@@ -153,7 +153,7 @@ def test_half_precision_halves_the_weights_and_int8_shrinks_the_linear_ones(mode
     assert half["size_ratio"] == pytest.approx(0.5, abs=0.02)  # 2 bytes for 4; the header is a few KB
 
     int8 = compress_model(model_dir, tmp_path / "int8", int8=True, **QUICK)
-    model = load_model_and_tokenizer(model_dir)[0]
+    model = load_model(model_dir)[0]
     layers = prunable_layers(model).values()
     weights = sum(layer.weight.numel() for layer in layers)
     rows = sum(layer.weight.shape[0] for layer in layers)
@@ -171,7 +171,7 @@ def test_int8_checkpoint_holds_int8_tensors_in_safetensors_and_no_pickle(model_d
     with pytest.raises(ValueError, match="is already quantised; compress the original"):
         compress_model(out, tmp_path / "again", prune=0.5)
     assert not [p.name for p in out.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}]
-    model = load_model_and_tokenizer(model_dir)[0]
+    model = load_model(model_dir)[0]
     with safe_open(out / "model.safetensors", framework="pt") as checkpoint:
         keys = set(checkpoint.keys())
         for name, layer in prunable_layers(model).items():

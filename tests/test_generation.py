@@ -12,8 +12,8 @@ from postformer.generation import (
     format_generations,
     generate_posts,
     generate_token_ids,
-    load_model_and_tokenizer,
 )
+from postformer.model_files import load_model
 
 PROMPTS = ["just watched", "", "so tired of this weather and the", "@maria"]
 
@@ -21,7 +21,7 @@ PROMPTS = ["just watched", "", "so tired of this weather and the", "@maria"]
 @pytest.fixture
 def stop_model(model_dir):
     """A fresh copy whose head makes one token (set by the test) the only likely next token."""
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model, tokenizer = load_model(model_dir)
 
     def prefer(token_name):
         token_id = getattr(tokenizer, token_name)
@@ -47,10 +47,10 @@ def test_load_gives_an_eval_model_with_its_tokenizer(loaded):
 
 
 def test_load_with_a_dtype(model_dir):
-    model, _ = load_model_and_tokenizer(model_dir, dtype="bfloat16")
+    model, _ = load_model(model_dir, dtype="bfloat16")
     assert model.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="unknown torch dtype"):
-        load_model_and_tokenizer(model_dir, dtype="float7")
+        load_model(model_dir, dtype="float7")
 
 
 @pytest.mark.parametrize(
@@ -65,10 +65,10 @@ def test_a_folder_that_is_not_a_model_is_named_with_what_is_missing(model_dir, t
     for name in keep:
         (tmp_path / name).write_bytes((model_dir / name).read_bytes())
     with pytest.raises(FileNotFoundError, match=missing) as error:
-        load_model_and_tokenizer(tmp_path)
+        load_model(tmp_path)
     assert str(tmp_path) in str(error.value)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_model_and_tokenizer(tmp_path / "nowhere")
+        load_model(tmp_path / "nowhere")
 
 
 def test_a_model_without_a_language_model_head_is_refused(model_dir, tmp_path):
@@ -78,7 +78,7 @@ def test_a_model_without_a_language_model_head_is_refused(model_dir, tmp_path):
     config["architectures"] = ["PostformerForSequenceClassification"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="not a language model"):
-        load_model_and_tokenizer(tmp_path)
+        load_model(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

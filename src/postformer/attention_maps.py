@@ -10,9 +10,9 @@ columns; without a layer or head it draws a grid of every head of every layer (o
 across the layers). Layers and heads are numbered from 0, as in Python.
 
     from postformer.attention_maps import attention_weights, plot_attention
-    from postformer.generation import load_model_and_tokenizer
+    from postformer.model_files import load_model
 
-    model, tokenizer = load_model_and_tokenizer("runs/small")
+    model, tokenizer = load_model("runs/small")
     maps = attention_weights(model, tokenizer, "can't believe the match #football 😂")
     maps.weights.shape                  # (layers, heads, tokens, tokens), float32
     plot_attention(maps, "match.png")   # in a notebook: IPython.display.Image("match.png")

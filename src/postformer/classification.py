@@ -2,8 +2,8 @@
 
 `train_classifier` reads a labelled posts file (a text and a label column), puts a new linear head on the
 language model's body (`PostformerForSequenceClassification`, which pools the last real token of a post) and
-fine-tunes the whole model with `transformers.Trainer`. It reports accuracy and macro-F1 on a held-out split,
-beside the majority-class baseline, and saves a Hub-style folder that `AutoModelForSequenceClassification`
+fine-tunes the whole model with `transformers.Trainer`. It reports accuracy and macro-F1 on a held-out split
+(scikit-learn's metrics: scikit-learn is in postformer's extras), beside the majority-class baseline, and saves a Hub-style folder that `AutoModelForSequenceClassification`
 loads (after `import postformer`, or with `trust_remote_code=True` without it). `classify_posts` labels posts
 with such a folder.
 
@@ -23,20 +23,18 @@ import datasets
 import numpy as np
 import torch
 from transformers import (
-    AutoModelForSequenceClassification,
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
     set_seed,
 )
 
+from ._dependencies import require
 from ._text import check_text
 from .hub_cards import write_model_card
-from .data import _SPLIT_NAMES, _format_of, _load_files, _split_files
-from .model_files import WEIGHT_FILES, check_model_folder
-from .model_files import check_vocab, check_weights, load_config, load_tokenizer
+from .data import load_labelled_files
+from .model_files import WEIGHT_FILES, check_model, load_model
 from .saving import check_writable, saving
-from .modeling import PostformerForCausalLM, PostformerForSequenceClassification
 
 MAX_LISTED_ROWS = 10  # rows named in an error message; the count is always given in full
 
@@ -45,45 +43,48 @@ MAX_LISTED_ROWS = 10  # rows named in an error message; the count is always give
 # Metrics
 
 
-def _counts(y_true, y_pred, num_labels: int | None):
+def _sklearn_metrics():
+    """scikit-learn's metrics, imported when a classifier is scored (scikit-learn is in postformer's extras)."""
+    return require("sklearn.metrics", "scoring a classifier", "scikit-learn")
+
+
+def _check_labels(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
     y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true and y_pred differ in length: {len(y_true)} and {len(y_pred)}")
     if len(y_true) == 0:
         raise ValueError("no predictions to score: y_true and y_pred are empty")
-    n = max(int(y_true.max()), int(y_pred.max())) + 1 if num_labels is None else num_labels
-    true_positives = np.bincount(y_true[y_true == y_pred], minlength=n)
-    return y_true, y_pred, true_positives, np.bincount(y_true, minlength=n), np.bincount(y_pred, minlength=n)
+    return y_true, y_pred
 
 
 def per_class_scores(y_true, y_pred, num_labels: int | None = None) -> dict[str, np.ndarray]:
-    """Per class id: support (true count), predicted (count), precision, recall and F1, as arrays.
-
-    F1 is 2TP / (2TP + FP + FN), which equals 2PR / (P + R) and is 0 for a class that is never predicted
-    correctly; precision (recall) is 0 for a class never predicted (absent), as scikit-learn's zero_division=0.
-    """
-    _, _, tp, support, predicted = _counts(y_true, y_pred, num_labels)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
-        recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
-        denominator = 2 * tp + (predicted - tp) + (support - tp)
-        f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
-    return {"support": support, "predicted": predicted, "precision": precision, "recall": recall, "f1": f1}
+    """Per class id 0..num_labels-1 (default: up to the largest id seen): support (true count), predicted (count),
+    precision, recall and F1, as arrays; scikit-learn's `precision_recall_fscore_support` with zero_division=0, so
+    precision (recall) is 0 for a class never predicted (absent) and F1 is 0 for one never predicted correctly."""
+    metrics = _sklearn_metrics()
+    y_true, y_pred = _check_labels(y_true, y_pred)
+    labels = np.arange(max(y_true.max(), y_pred.max()) + 1 if num_labels is None else num_labels)
+    counts = metrics.confusion_matrix(y_true, y_pred, labels=labels)  # rows: true class, columns: predicted
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    return {"support": support, "predicted": counts.sum(axis=0), "precision": precision, "recall": recall, "f1": f1}
 
 
 def macro_f1(y_true, y_pred, num_labels: int | None = None) -> float:
-    """The unweighted mean of the per-class F1 over the classes that occur in y_true or y_pred (as
-    scikit-learn's `f1_score(average="macro", zero_division=0)`): a class that is present but never predicted
-    counts with F1 = 0, a class absent from both is left out."""
-    scores = per_class_scores(y_true, y_pred, num_labels)
-    present = (scores["support"] + scores["predicted"]) > 0
-    return float(scores["f1"][present].mean())
+    """scikit-learn's `f1_score(average="macro", zero_division=0)`: the unweighted mean of the per-class F1 over
+    the classes that occur in y_true or y_pred; a class that is present but never predicted counts with F1 = 0, a
+    class absent from both is left out (so `num_labels`, accepted as `per_class_scores` takes it, changes
+    nothing)."""
+    y_true, y_pred = _check_labels(y_true, y_pred)
+    return float(_sklearn_metrics().f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
 def accuracy(y_true, y_pred) -> float:
-    y_true, y_pred, *_ = _counts(y_true, y_pred, None)
-    return float((y_true == y_pred).mean())
+    """The share of predictions that are right (scikit-learn's `accuracy_score`)."""
+    y_true, y_pred = _check_labels(y_true, y_pred)
+    return float(_sklearn_metrics().accuracy_score(y_true, y_pred))
 
 
 def _compute_metrics(eval_prediction) -> dict:
@@ -134,33 +135,6 @@ def _sorted_labels(names) -> list[str]:
         return sorted(names)
 
 
-def _read_labelled_files(path: Path, on_bad_lines: str = "error") -> tuple[datasets.DatasetDict, dict[str, str]]:
-    """The splits of `path` as loaded (all columns), and per split the file it came from (for messages)."""
-    if path.is_dir() and any((path / n).exists() for n in ("dataset_dict.json", "dataset_info.json", "state.json")):
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.Dataset):
-            loaded = datasets.DatasetDict(train=loaded)
-        return loaded, {split: f"{path} ({split} split)" for split in loaded}
-    if path.is_dir():
-        files = _split_files(path)
-        if not files:
-            raise FileNotFoundError(
-                f"no labelled posts files in folder {path}: expected train/validation/test files ending in .jsonl, "
-                ".json, .csv or .tsv, or a folder written by datasets' save_to_disk"
-            )
-    else:
-        if path.stat().st_size == 0:
-            raise ValueError(f"no posts in {path}: the file is empty")
-        files = {"train": path}
-    plain = sorted(str(p) for p in files.values() if _format_of(p) == "text")
-    if plain:
-        raise ValueError(
-            f"{', '.join(plain)}: plain text has no label column; give labelled posts as JSONL, CSV or TSV with a "
-            "text and a label column"
-        )
-    return _load_files(files, on_bad_lines=on_bad_lines), {split: str(file) for split, file in files.items()}
-
-
 def load_labelled_posts(
     data: str | Path,
     text_field: str = "text",
@@ -170,7 +144,8 @@ def load_labelled_posts(
     on_bad_lines: str = "error",
 ) -> LabelledPosts:
     """Read labelled posts: a .jsonl/.json/.csv/.tsv file, a folder of such files named train/validation/test
-    (as `postformer.data.load_posts` reads them), or a folder written by `datasets`' `save_to_disk`.
+    (as `postformer.data.load_posts` reads them), or a folder written by `datasets`' `save_to_disk`; the files
+    are read by `postformer.data.load_labelled_files`, and their `text_field` and `label_field` columns kept.
 
     Rows with an empty text are skipped (as `load_posts` does). Raises ValueError when the text or label column
     is missing (naming the columns there are), when posts have an empty or missing label (saying how many and
@@ -180,16 +155,9 @@ def load_labelled_posts(
     for training) becomes one. Malformed JSON lines and CSV rows are a ValueError naming the file and line, or
     skipped with a warning when on_bad_lines="skip" (see `postformer.data.load_posts`).
     """
-    if data is None:
-        raise ValueError("no labelled data given: pass a file or folder of posts with a text and a label column")
-    path = Path(data)
-    if not path.exists():
-        raise FileNotFoundError(f"labelled posts not found: {path}")
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must be between 0 and 1 (exclusive), got {validation_fraction!r}")
-    loaded, sources = _read_labelled_files(path, on_bad_lines)
-    if "train" not in loaded:
-        raise ValueError(f"no train split in {path}: found splits {sorted(loaded)}")
+    loaded, sources = load_labelled_files(data, on_bad_lines)
 
     splits = {}
     for split, dataset in loaded.items():
@@ -215,7 +183,7 @@ def load_labelled_posts(
                 f"{len(missing)} of {len(texts)} posts in {source} have an empty or missing {label_field!r}: "
                 f"row(s) {listed} (rows counted from 1, a CSV's header not counted); label every post or drop them"
             )
-        splits[_SPLIT_NAMES.get(split, split)] = datasets.Dataset.from_dict({"text": texts, "label": labels})
+        splits[split] = datasets.Dataset.from_dict({"text": texts, "label": labels})
 
     train = splits["train"]
     if len(train) == 0:
@@ -248,7 +216,7 @@ def load_labelled_posts(
         splits["train"], splits["validation"] = train.select(train_rows), train.select(validation_rows)
         validation_source = f"a stratified {validation_fraction:g} of the train split (seed {seed})"
     if len(splits["validation"]) == 0:
-        raise ValueError(f"no posts in the validation split ({sources.get('validation', path)})")
+        raise ValueError(f"no posts in the validation split ({sources.get('validation', data)})")
     return LabelledPosts(datasets.DatasetDict(splits), label_names, validation_source)
 
 
@@ -271,61 +239,29 @@ def _stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[li
 # Model folders
 
 
-def _model_folder_config(model_dir) -> tuple[Path, dict]:
-    """The folder and its config.json, after checking that it holds a Postformer model and its tokenizer."""
-    path, config = check_model_folder(model_dir)
-    if config.get("model_type") != "postformer":
-        raise ValueError(f"the model in {str(path)!r} is not a Postformer model (model_type {config.get('model_type')!r})")
-    return path, config
-
-
-def _is_classifier(config: dict) -> bool:
-    return any("ForSequenceClassification" in name for name in config.get("architectures") or [])
-
-
-def _classifier_tokenizer(path: Path, model_config):
-    tokenizer = load_tokenizer(path)
-    check_vocab(tokenizer, model_config, path)
-    tokenizer.padding_side = "right"  # see the module docstring
-    tokenizer.model_max_length = min(tokenizer.model_max_length, model_config.max_position_embeddings)
+def _for_classification(tokenizer, config):
+    """The tokenizer set up to encode posts for a classifier: padded on the right (see the module docstring) and
+    cut at the model's context."""
+    tokenizer.padding_side = "right"
+    tokenizer.model_max_length = min(tokenizer.model_max_length, config.max_position_embeddings)
     return tokenizer
 
 
 def init_classifier(model_dir, labels: list[str]):
     """A `PostformerForSequenceClassification` for `labels` on the body of the language model saved in
-    `model_dir` (its weights reused, the score head new), and the model's tokenizer set up for classification."""
-    path, config = _model_folder_config(model_dir)
-    if _is_classifier(config):
-        raise ValueError(
-            f"{str(path)!r} holds a sequence classifier ({', '.join(config['architectures'])}), not a language "
-            "model: classify-train starts from a language model folder (written by `postformer train`)"
-        )
-    check_weights(path, load_config(path, config), PostformerForCausalLM)  # a damaged folder, named, before training
-    model = PostformerForSequenceClassification.from_pretrained(
-        path,
+    `model_dir` (a folder or Hub id; its weights reused, the score head new), and the model's tokenizer set up for
+    classification. The model is loaded by `postformer.model_files.load_model`, which names a damaged folder."""
+    model, tokenizer = load_model(
+        model_dir,
+        "text-classification",
+        new_head=True,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         problem_type="single_label_classification",
         use_cache=False,  # a classifier reads each post once: no key/value cache to keep
     )
-    return model, _classifier_tokenizer(path, model.config)
-
-
-def load_classifier(model_dir):
-    """The sequence classifier (in eval mode) and its tokenizer saved in `model_dir` by `train_classifier`;
-    ValueError when the folder holds a language model instead."""
-    path, config = _model_folder_config(model_dir)
-    if not _is_classifier(config):
-        kind = ", ".join(config.get("architectures") or []) or "model without a classification head"
-        raise ValueError(
-            f"the model in {str(path)!r} is a {kind}, not a sequence classifier; train one from it with "
-            f"`postformer classify-train --model {path} --data LABELLED_POSTS --output-dir OUT`"
-        )
-    model_config = load_config(path, config)
-    check_weights(path, model_config, PostformerForSequenceClassification)
-    model = AutoModelForSequenceClassification.from_pretrained(path, config=model_config).eval()
-    return model, _classifier_tokenizer(path, model.config)
+    return model, _for_classification(tokenizer, model.config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -395,7 +331,8 @@ def train_classifier(
     post (longer ones are cut at the end); None: the model's context length.
 
     Raises FileExistsError when `output_dir` already holds a model, ValueError for a folder that is not a
-    language model and for the data problems `load_labelled_posts` names.
+    language model and for the data problems `load_labelled_posts` names, MissingDependencyError (an ImportError)
+    without scikit-learn.
     """
     for name, value in (("epochs", epochs), ("learning_rate", learning_rate)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
@@ -404,7 +341,8 @@ def train_classifier(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
-    _model_folder_config(model_dir)  # a wrong folder is reported before the data is read
+    _sklearn_metrics()  # scores are needed at the end: say now what to install, not after training
+    check_model(model_dir, "text-classification", new_head=True)  # a wrong folder is named before the data is read
     posts = load_labelled_posts(data, text_field, label_field, validation_fraction, seed, on_bad_lines)
 
     set_seed(seed)  # the new head's initial weights depend on the seed alone
@@ -510,7 +448,8 @@ def _check_texts(texts, batch_size) -> None:
 
 
 def classify_with(model, tokenizer, texts: list[str], batch_size: int = 32) -> list[dict]:
-    """`classify_posts` with a classifier and tokenizer already loaded (`load_classifier`)."""
+    """`classify_posts` with a classifier and tokenizer already loaded (`postformer.model_files.load_model(folder,
+    "text-classification")`)."""
     _check_texts(texts, batch_size)
     id2label = model.config.id2label
     results = []
@@ -527,17 +466,17 @@ def classify_with(model, tokenizer, texts: list[str], batch_size: int = 32) -> l
 
 
 def classify_posts(model_dir, texts: list[str], batch_size: int = 32) -> list[dict]:
-    """Label each post with the classifier saved in `model_dir` (by `train_classifier`).
+    """Label each post with the classifier saved in `model_dir` (by `train_classifier`), a folder or Hub id.
 
     Returns, per post, {"label": the likeliest label, "score": its probability, "scores": {label: probability}}.
     Raises ValueError for an empty list, an empty post, or a folder holding a language model, not a classifier.
     """
     _check_texts(texts, batch_size)  # before the model is loaded
-    model, tokenizer = load_classifier(model_dir)
-    return classify_with(model, tokenizer, texts, batch_size)
+    model, tokenizer = load_model(model_dir, "text-classification")
+    return classify_with(model, _for_classification(tokenizer, model.config), texts, batch_size)
 
 
 __all__ = [
-    "LabelledPosts", "load_labelled_posts", "init_classifier", "load_classifier", "train_classifier",
+    "LabelledPosts", "load_labelled_posts", "init_classifier", "train_classifier",
     "classify_with", "classify_posts", "accuracy", "macro_f1", "per_class_scores",
 ]

@@ -66,10 +66,11 @@ def _read_prompts(args) -> list[str]:
 
 
 def _generate(args):
-    from .generation import format_generations, generate_posts, load_model_and_tokenizer
+    from .generation import format_generations, generate_posts
+    from .model_files import load_model
 
     prompts = _read_prompts(args)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model(args.model)
     streamer = None
     if not (args.no_stream or args.json) and len(prompts) == 1 and args.num_return_sequences == 1:
         from transformers import TextStreamer
@@ -135,10 +136,10 @@ def _on_bad_lines(args) -> str:
 
 def _evaluate(args):
     from .evaluation import evaluate_posts
-    from .generation import load_model_and_tokenizer
+    from .model_files import load_model
 
     texts = _posts_from_data(args)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model(args.model)
     metrics = evaluate_posts(model, tokenizer, texts, batch_size=args.batch_size, stride=args.stride)
     metrics = {"model": str(args.model), "data": str(args.data or "bundled sample"), **metrics}
     if args.output:
@@ -149,12 +150,12 @@ def _evaluate(args):
 
 def _score(args):
     from .evaluation import score_posts
-    from .generation import load_model_and_tokenizer
+    from .model_files import load_model
 
     if args.texts and args.data:
         raise ValueError("give posts as TEXT arguments or with --data, not both")
     texts = list(args.texts) if args.texts else _posts_from_data(args)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model(args.model)
     scored = score_posts(model, tokenizer, texts, batch_size=args.batch_size, stride=args.stride)
     if args.output:  # every post, with its per-token losses, one JSON object per line
         with open(args.output, "w", encoding="utf-8") as file:
@@ -250,13 +251,13 @@ def _attention(args):
     import importlib.util
 
     from .attention_maps import attention_weights, plot_attention
-    from .generation import load_model_and_tokenizer
+    from .model_files import load_model
 
     if importlib.util.find_spec("matplotlib") is None:  # say so before loading the model, as a user error
         print("postformer attention: error: drawing attention maps needs matplotlib: "
               "pip install 'postformer[extras]'", file=sys.stderr)
         raise SystemExit(2)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model(args.model)
     maps = attention_weights(model, tokenizer, args.text)
     path = plot_attention(maps, args.output, layer=args.layer, head=args.head)
     if args.json:

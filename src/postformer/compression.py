@@ -52,9 +52,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from ._dependencies import MissingDependencyError, require
 from .hub_cards import write_model_card
-from .generation import check_model_dir, load_model_and_tokenizer
-from .model_files import WEIGHT_FILES
+from .model_files import WEIGHT_FILES, check_model, load_model
 from .saving import check_writable, saving, write_text
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -65,19 +65,10 @@ _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.inde
 MB = 1_000_000
 
 
-class MissingDependencyError(ImportError, ValueError):
-    """An optional library is missing. Also a ValueError, so that the command line reports it in one line."""
-
-
 def _torchao():
     """transformers' TorchAoConfig and torchao's Int8WeightOnlyConfig, or a MissingDependencyError saying
     what to install."""
-    try:
-        from torchao.quantization import Int8WeightOnlyConfig
-    except ImportError:
-        raise MissingDependencyError(
-            "int8 quantisation needs torchao: pip install 'postformer[extras]' (or pip install torchao)"
-        ) from None
+    Int8WeightOnlyConfig = require("torchao.quantization", "int8 quantisation", "torchao").Int8WeightOnlyConfig
     from transformers import TorchAoConfig
 
     return TorchAoConfig, Int8WeightOnlyConfig
@@ -278,7 +269,7 @@ def compress_model(
     for name, value in (("max_posts", max_posts), ("batch_size", batch_size), ("new_tokens", new_tokens),
                         ("speed_repeats", speed_repeats)):
         _check_positive_int(name, value)
-    source = check_model_dir(model_dir)
+    source = check_model(model_dir, hub=False)  # its other files are copied beside the compressed model
     if "quantization_config" in json.loads((source / "config.json").read_text(encoding="utf-8")):
         raise ValueError(f"the model in {str(source)!r} is already quantised; compress the original "
                          "(floating-point) model")
@@ -296,7 +287,7 @@ def compress_model(
     from .data import load_posts_split
 
     texts = load_posts_split(data, text_field, "validation", on_bad_lines)[:max_posts]
-    model, tokenizer = load_model_and_tokenizer(source)
+    model, tokenizer = load_model(source)
     before = _measure(model, tokenizer, texts, batch_size, new_tokens, speed_repeats)
     before_sparsity = sparsity(model)
 
@@ -312,7 +303,7 @@ def compress_model(
         copied = _copy_other_files(source, staging, keep=target)
     del model
 
-    model, tokenizer = load_model_and_tokenizer(target)  # what users will get
+    model, tokenizer = load_model(target)  # what users will get
     after = _measure(model, tokenizer, texts, batch_size, new_tokens, speed_repeats)
     after_sparsity = sparsity(model)
     size_before, size_after = weights_size(source), weights_size(target)

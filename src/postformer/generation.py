@@ -1,8 +1,9 @@
-"""Text generation from a trained model folder: load it, continue prompts, optionally stream to the terminal.
+"""Text generation with a trained model: continue prompts, optionally stream to the terminal.
 
-A model folder holds what `save_pretrained` of a `PostformerForCausalLM` and of its tokenizer write, side by
-side: config.json, model.safetensors and the tokenizer files. Importing this package registers the model with
-transformers' Auto classes, so no `trust_remote_code` is needed here.
+The model and its tokenizer come from `postformer.model_files.load_model(folder_or_hub_id)`: a folder holds what
+`save_pretrained` of a `PostformerForCausalLM` and of its tokenizer write, side by side (config.json,
+model.safetensors and the tokenizer files). Importing this package registers the model with transformers' Auto
+classes, so no `trust_remote_code` is needed here.
 
 Prompts are encoded as the tokenizer encodes a post: "<s>" then the text, with no end-of-post, so that the
 model continues it. An empty prompt is just "<s>": the model starts a new post. Generation stops at
@@ -12,71 +13,12 @@ end-of-post ("</s>") or at the separator ("<sep>"), the model's `generation_conf
 import math
 import numbers
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, CompileConfig, TextStreamer, set_seed
+from transformers import CompileConfig, TextStreamer, set_seed
 
 from . import modeling  # noqa: F401  (registers the Auto classes)
 from ._text import check_text
-from .model_files import check_model_folder, check_vocab, check_weights, load_config, load_tokenizer
-
-def _causal_lm_folder(model_dir) -> tuple[Path, dict]:
-    """The folder and its config.json, after checking that it holds a causal LM and its tokenizer."""
-    path, config = check_model_folder(model_dir)
-    architectures = config.get("architectures") or []
-    if architectures and not any("CausalLM" in name or "LMHead" in name for name in architectures):
-        raise ValueError(
-            f"the model in {str(path)!r} is a {', '.join(architectures)}, not a language model: it has no "
-            "language-model head to generate text with"
-        )
-    return path, config
-
-
-def check_model_dir(model_dir) -> Path:
-    """Raise FileNotFoundError (or NotADirectoryError / ValueError) unless `model_dir` holds a causal LM and
-    its tokenizer; the message names the folder and what is missing."""
-    return _causal_lm_folder(model_dir)[0]
-
-
-def load_model_and_tokenizer(model_dir, dtype=None):
-    """The language model (in eval mode) and tokenizer saved together in `model_dir`.
-
-    dtype: None for the saved dtype, or a torch dtype / its name ("float32", "bfloat16", ...).
-
-    A damaged folder is a ValueError naming the file (see `postformer.model_files`): a config.json value out of
-    range, weights that are truncated, corrupted or do not fit the config, tokenizer files that do not parse, a
-    tokenizer with more tokens than the model's vocab_size. config.json fields this version does not know are
-    named in an UnknownConfigFieldsWarning and the model loads.
-    """
-    path, raw_config = _causal_lm_folder(model_dir)
-    kwargs = {}
-    if dtype is not None:
-        if isinstance(dtype, str) and dtype != "auto":
-            resolved = getattr(torch, dtype, None)
-            if not isinstance(resolved, torch.dtype):
-                raise ValueError(f"dtype: unknown torch dtype {dtype!r}")
-            dtype = resolved
-        kwargs["dtype"] = dtype
-    config = load_config(path, raw_config)
-    model_class = _causal_lm_class(config)
-    if model_class is not None:
-        check_weights(path, config, model_class)
-    tokenizer = load_tokenizer(path)
-    check_vocab(tokenizer, config, path)
-    model = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
-    model.eval()
-    return model, tokenizer
-
-
-def _causal_lm_class(config):
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    try:
-        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-    except KeyError:  # not a causal LM transformers knows: from_pretrained says so
-        return None
-
 
 def compiled_generation_options() -> dict:
     """`generate` options for the fast path: a static key-value cache (preallocated, fixed shapes) and a decoding
@@ -255,4 +197,4 @@ def format_generations(prompts: list[str], generations: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["check_model_dir", "load_model_and_tokenizer", "compiled_generation_options", "generate_token_ids", "generate_posts", "format_generations"]
+__all__ = ["compiled_generation_options", "generate_token_ids", "generate_posts", "format_generations"]

@@ -1,17 +1,26 @@
-"""Reading and writing model folders, with errors that name the file and the problem.
+"""Loading model folders (and Hub models), with errors that name the file and the problem.
 
-Every command that loads a model folder goes through `load_config`, `check_weights`, `load_tokenizer` and
-`check_vocab` (via `generation.load_model_and_tokenizer` and the classifier loaders), so a damaged folder is
-reported the same way everywhere, as a ValueError naming the file:
+Every command loads its model through `load_model(model, task)` (`check_model` checks without loading), which
+takes a local folder (what save_pretrained of a model and of its tokenizer write side by side) or the id of a
+Hugging Face Hub model repository ("org/name"), for the tasks in TASKS: a causal language model
+("text-generation") or a sequence classifier ("text-classification", also built with a new head on a language
+model's body, as classify-train does). A damaged folder is reported the same way by every command, as a
+ValueError naming the file (`load_config`, `check_weights`, `load_tokenizer`, `check_vocab`):
 
 - config.json with a bad value (wrong type, negative size, heads that do not divide the hidden size, ...);
 - weights that are not a readable safetensors file (truncated, overwritten with other bytes, empty);
 - weights that do not fit config.json (missing tensors, other shapes: another model's weights or config);
 - tokenizer files that cannot be parsed;
-- a tokenizer with more tokens than the model's embedding has rows (vocab_size), which would index past it.
+- a tokenizer with more tokens than the model's embedding has rows (vocab_size), which would index past it;
+- a model of another kind than the task needs (a classifier where a language model is needed, ...).
 
 config.json fields this version does not know (written by a newer version) do not stop loading: they are kept
 as attributes, as transformers does, and named in an `UnknownConfigFieldsWarning`.
+
+A Hub model is loaded by transformers' `from_pretrained` (Postformer's classes are registered with the Auto
+classes when postformer is imported, so no `trust_remote_code` is needed); when the Hub cannot be reached and the
+model is not in the local cache, that is one ConnectionError naming the model, and a repository that does not
+exist a FileNotFoundError.
 
 Writing model folders (staged, atomic saves, disk-full errors) lives in `postformer.saving`.
 """
@@ -19,6 +28,8 @@ Writing model folders (staged, atomic saves, disk-full errors) lives in `postfor
 import copy
 import json
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -231,6 +242,199 @@ def check_vocab(tokenizer, config, path: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Writing
+# Loading
 
-__all__ = ["UnknownConfigFieldsWarning", "load_config", "check_weights", "load_tokenizer", "check_vocab"]
+
+@dataclass(frozen=True)
+class _Task:
+    auto_class: str  # the transformers Auto class that loads the model
+    mapping: str  # its config-to-model-class mapping, in transformers.models.auto.modeling_auto
+
+
+TASKS = {  # named as transformers' pipelines name them
+    "text-generation": _Task("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING"),
+    "text-classification": _Task("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING"),
+}
+
+
+def is_hub_model_id(model) -> bool:
+    """True when `model` names no local file or folder and is spelled as a Hub repository id ("name" or
+    "namespace/name"): `load_model` then asks the Hub (or its local cache) for it. An existing local path always
+    wins, as in transformers."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(model, str) or Path(model).exists():
+        return False
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _task(task: str) -> _Task:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    return TASKS[task]
+
+
+def _check_kind(model: str, raw: dict, task: str, new_head: bool) -> None:
+    """ValueError unless config.json (`raw`) of `model` (a folder or Hub id) describes a model for `task` (with
+    `new_head`: a language model whose body starts one). A config that names no architectures passes:
+    transformers then decides from its model_type."""
+    where = repr(model)
+    architectures = raw.get("architectures") or []
+    is_lm = any("CausalLM" in name or "LMHead" in name for name in architectures)
+    is_classifier = any("ForSequenceClassification" in name for name in architectures)
+    if task == "text-classification":
+        if raw.get("model_type") != "postformer":
+            raise ValueError(f"the model in {where} is not a Postformer model (model_type {raw.get('model_type')!r})")
+        if new_head and is_classifier:
+            raise ValueError(
+                f"{where} holds a sequence classifier ({', '.join(architectures)}), not a language model: "
+                "classify-train starts from a language model folder (written by `postformer train`)"
+            )
+        if not new_head and not is_classifier:
+            kind = ", ".join(architectures) or "model without a classification head"
+            raise ValueError(
+                f"the model in {where} is a {kind}, not a sequence classifier; train one from it with "
+                f"`postformer classify-train --model {model} --data LABELLED_POSTS --output-dir OUT`"
+            )
+    if (task == "text-generation" or new_head) and architectures and not is_lm:
+        raise ValueError(
+            f"the model in {where} is a {', '.join(architectures)}, not a language model: it has no "
+            "language-model head to " + ("generate text with" if task == "text-generation" else "start from")
+        )
+
+
+def check_model(model, task: str = "text-generation", *, new_head: bool = False, hub: bool = True) -> Path | str:
+    """Check, without loading the weights, that `model` holds a model for `task` and its tokenizer; return the
+    folder (a Path) or the Hub repository id (a str, whose config is fetched and checked). The errors are those of
+    `load_model`, so a wrong `--model` is reported before any other work. hub=False: only a local folder will do
+    (for commands that read the folder's other files)."""
+    _task(task)
+    if hub and is_hub_model_id(model):
+        _check_kind(model, _hub_config(model).to_dict(), task, new_head)
+        return model
+    try:
+        path, raw = check_model_folder(model)
+    except FileNotFoundError as error:
+        if not hub and is_hub_model_id(model):
+            raise FileNotFoundError(f"{error}; to use the Hugging Face Hub model {model!r} here, download it first "
+                                    f"(`hf download {model} --local-dir DIR`) and give the folder") from None
+        raise
+    _check_kind(str(path), raw, task, new_head)
+    return path
+
+
+def load_model(model, task: str = "text-generation", *, dtype=None, new_head: bool = False, **kwargs):
+    """The model for `task` (in eval mode) and its tokenizer, from a local folder or a Hub repository id
+    (`is_hub_model_id`).
+
+    task: a key of TASKS, "text-generation" (a causal LM, `AutoModelForCausalLM`) or "text-classification" (a
+    Postformer sequence classifier, `AutoModelForSequenceClassification`). new_head=True: `model` holds a
+    language model, and the result is a model for `task` on its body, with a new, randomly initialised head
+    (configured by `kwargs`, e.g. num_labels and id2label). dtype: None for the saved dtype, or a torch dtype /
+    its name ("float32", "bfloat16", ...). kwargs: passed to the Auto class's `from_pretrained`.
+
+    A damaged folder is a ValueError naming the file (see the module docstring); a missing folder or one without
+    a config, weights or tokenizer a FileNotFoundError; a model of another kind than `task` needs a ValueError.
+    A Hub id that cannot be fetched is a ConnectionError (Hub unreachable and not cached), FileNotFoundError (no
+    such repository or file) or PermissionError (gated). config.json fields this version does not know are named
+    in an UnknownConfigFieldsWarning and the model loads.
+    """
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    spec = _task(task)
+    if new_head and task == "text-generation":
+        raise ValueError("new_head=True starts a model for another task on a language model's body; "
+                         "text-generation loads the language model itself")
+    if dtype is not None:
+        if isinstance(dtype, str) and dtype != "auto":
+            resolved = getattr(torch, dtype, None)
+            if not isinstance(resolved, torch.dtype):
+                raise ValueError(f"dtype: unknown torch dtype {dtype!r}")
+            dtype = resolved
+        kwargs["dtype"] = dtype
+    auto_class = getattr(transformers, spec.auto_class)
+
+    if is_hub_model_id(model):
+        config = _hub_config(model)
+        _check_kind(model, config.to_dict(), task, new_head)
+        with _hub_errors(model):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+        check_vocab(tokenizer, config, model)
+        with _hub_errors(model):
+            loaded = auto_class.from_pretrained(model, **({} if new_head else {"config": config}), **kwargs)
+        return loaded.eval(), tokenizer
+
+    path, raw = check_model_folder(model)
+    _check_kind(str(path), raw, task, new_head)
+    config = load_config(path, raw)
+    # The saved weights are those of the folder's model: a language model's when a new head goes on its body.
+    mapping = getattr(modeling_auto, TASKS["text-generation"].mapping if new_head else spec.mapping)
+    model_class = mapping.get(type(config), None)  # None: a model transformers does not know; from_pretrained says so
+    if model_class is not None:
+        check_weights(path, config, model_class)
+    tokenizer = load_tokenizer(path)
+    check_vocab(tokenizer, config, path)
+    # A new head's settings (num_labels, ...) go to the config that from_pretrained reads from the folder.
+    loaded = auto_class.from_pretrained(path, **({} if new_head else {"config": config}), **kwargs)
+    return loaded.eval(), tokenizer
+
+
+def _hub_config(repo_id: str):
+    from transformers import AutoConfig
+
+    with _hub_errors(repo_id):
+        return AutoConfig.from_pretrained(repo_id)
+
+
+@contextmanager
+def _hub_errors(repo_id: str):
+    """Turn what transformers and huggingface_hub raise for a Hub model that cannot be fetched into one error of
+    ours, naming the model: ConnectionError, FileNotFoundError, PermissionError (all printed by the CLI)."""
+    try:
+        yield
+    except OSError as error:  # transformers re-raises hub errors as OSError, the hub's own error as its cause
+        raise _hub_error(repo_id, error) from error
+
+
+def _hub_error(repo_id: str, error: BaseException) -> Exception:
+    from huggingface_hub import errors, is_offline_mode
+
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+
+    def found(kind):
+        return any(isinstance(e, kind) for e in chain)
+
+    start = f"cannot load model {repo_id!r}: not a local folder, and"
+    if found(errors.GatedRepoError):
+        return PermissionError(f"{start} its Hugging Face Hub repository is gated: accept its conditions on the "
+                               "Hub, then log in (`hf auth login`)")
+    if found(errors.RepositoryNotFoundError):
+        return FileNotFoundError(f"{start} no model repository of that name on the Hugging Face Hub (or a private "
+                                 "one: log in with `hf auth login`)")
+    if found(errors.RevisionNotFoundError):
+        return FileNotFoundError(f"{start} its Hugging Face Hub repository has no such revision")
+    if found(errors.LocalEntryNotFoundError) or found(ConnectionError) or found(TimeoutError) or any(
+        cls.__name__ == "TransportError" for e in chain for cls in type(e).__mro__  # httpx's network errors
+    ):
+        reason = ("HF_HUB_OFFLINE is set and the model is not in the local cache" if is_offline_mode()
+                  else " ".join(str(chain[-1]).split()) or type(chain[-1]).__name__)
+        return ConnectionError(f"{start} the Hugging Face Hub could not be reached ({reason})")
+    message = " ".join(str(chain[0]).split())
+    if found(errors.EntryNotFoundError):
+        return FileNotFoundError(f"cannot load model {repo_id!r} from the Hugging Face Hub: {message}")
+    return ValueError(f"cannot load model {repo_id!r} from the Hugging Face Hub: {message}")
+
+
+__all__ = [
+    "TASKS", "UnknownConfigFieldsWarning", "check_model", "check_model_folder", "check_vocab", "check_weights",
+    "is_hub_model_id", "load_config", "load_model", "load_tokenizer",
+]

@@ -30,8 +30,8 @@ from conftest import TINY_POSTS
 
 from postformer.cli import main as cli
 from postformer.data import SkippedLinesWarning, load_posts, load_posts_split
-from postformer.generation import generate_posts, load_model_and_tokenizer
-from postformer.model_files import UnknownConfigFieldsWarning
+from postformer.generation import generate_posts
+from postformer.model_files import UnknownConfigFieldsWarning, load_model
 from postformer.saving import DiskFullError
 
 
@@ -265,7 +265,7 @@ def test_bad_value_in_a_saved_config_names_the_file(model_dir, tmp_path, capsys)
 
     folder = broken_copy(model_dir, tmp_path, negative_layers)
     with clear_error(ValueError, "config.json", "num_hidden_layers must be positive, got -2"):
-        load_model_and_tokenizer(folder)
+        load_model(folder)
     one_line_error(capsys, ["generate", "--model", folder, "hi"], "generate", "config.json", "num_hidden_layers")
 
 
@@ -277,7 +277,7 @@ def test_config_from_a_newer_version_loads_and_names_its_unknown_fields(model_di
 
     folder = broken_copy(model_dir, tmp_path, newer)
     with pytest.warns(UnknownConfigFieldsWarning, match="does not know: moe_experts, sliding_window") as caught:
-        model, _ = load_model_and_tokenizer(folder)
+        model, _ = load_model(folder)
     assert "transformers 9.0.0" in str(caught[0].message)
     assert model.config.sliding_window == 32  # kept, as transformers keeps unknown keys
     assert cli(["generate", "--model", str(folder), "hi", "--max-new-tokens", "2", "--seed", "0", "--no-stream"]) == 0
@@ -285,7 +285,7 @@ def test_config_from_a_newer_version_loads_and_names_its_unknown_fields(model_di
     assert "postformer generate: warning: " in err and "moe_experts, sliding_window" in err and "error:" not in err
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnknownConfigFieldsWarning)
-        load_model_and_tokenizer(model_dir)  # a folder of this version: no warning
+        load_model(model_dir)  # a folder of this version: no warning
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -353,7 +353,7 @@ FOLDER_CASES = [
 def test_damaged_model_folder_is_a_clear_error(model_dir, tmp_path, capsys, change, kind, fragments):
     folder = broken_copy(model_dir, tmp_path, change)
     with clear_error(kind, str(folder), *fragments):
-        load_model_and_tokenizer(folder)
+        load_model(folder)
     one_line_error(capsys, ["generate", "--model", folder, "hello", "--max-new-tokens", 2], "generate", *fragments)
 
 
@@ -364,7 +364,7 @@ def test_damaged_model_folder_is_a_clear_error(model_dir, tmp_path, capsys, chan
 def test_model_path_that_is_not_a_folder(tmp_path, where, kind, fragment):
     (tmp_path / "a-file").write_text("x")
     with clear_error(kind, fragment):
-        load_model_and_tokenizer(tmp_path / where)
+        load_model(tmp_path / where)
 
 
 @pytest.mark.slow
@@ -432,7 +432,7 @@ def test_text_that_is_not_utf8_on_the_command_line_or_stdin(model_dir, tmp_path,
     from postformer.evaluation import evaluate_posts
 
     with clear_error(ValueError, "post 1 is not valid text", "U+DCFF"):
-        evaluate_posts(*load_model_and_tokenizer(model_dir), ["fine", "bad \udcff byte"])
+        evaluate_posts(*load_model(model_dir), ["fine", "bad \udcff byte"])
     one_line_error(capsys, ["generate", "--model", model_dir, "caf\udce9"], "generate",
                    "prompt 0 is not valid text", "U+DCE9")
     one_line_error(capsys, ["score", "--model", model_dir, "ok", "caf\udce9"], "score", "post 1 is not valid text")

@@ -153,22 +153,22 @@ def _run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> 
     from transformers import DataCollatorForLanguageModeling, set_seed
 
     from ..data import load_posts
-    from ..generation import check_model_dir, load_model_and_tokenizer
     from ..hub_cards import write_model_card
+    from ..model_files import check_model, load_model
     from ..saving import saving
     from .data import pack_posts, tokens_per_character
     from .run import plot_loss_curve
     from .trainer import PostformerTrainer
 
     _check_arguments(job, args)
-    model_dir = check_model_dir(job.model)
+    model_dir = check_model(job.model)
     output_dir = Path(args.output_dir)
-    _check_output_dir(model_dir, output_dir)
+    _check_output_dir(Path(model_dir), output_dir)
     if args.learning_rate is None:
         args.learning_rate = 2e-4 if job.lora else 5e-5
 
     set_seed(args.seed)  # LoRA's initial A matrices and dropout masks depend on the seed alone
-    model, tokenizer = load_model_and_tokenizer(model_dir)  # a damaged folder is named before any work
+    model, tokenizer = load_model(model_dir)  # a damaged folder is named before any work
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and job.block_size > context:
         raise ValueError(
