@@ -163,9 +163,9 @@ def test_a_prompt_too_long_for_the_model_is_refused_with_its_length(loaded):
     length = len(tokenizer(prompt)["input_ids"])
     assert length < limit
     generate_posts(model, tokenizer, ["hi", prompt], max_new_tokens=limit - length, do_sample=False)  # fits exactly
-    with pytest.raises(ValueError, match=rf"prompt 1 is too long: {length} tokens .* limit of {limit}"):
+    with pytest.raises(ValueError, match=rf"prompt 2 is too long: {length} tokens .* limit of {limit}"):
         generate_posts(model, tokenizer, ["hi", prompt], max_new_tokens=limit - length + 1)
-    with pytest.raises(ValueError, match=rf"prompt 0 is too long: .* limit of {limit}"):
+    with pytest.raises(ValueError, match=rf"prompt 1 is too long: .* limit of {limit}"):
         generate_posts(model, tokenizer, ["just watched " * 40], max_new_tokens=1)
 
 
@@ -184,7 +184,7 @@ def test_a_prompt_too_long_for_the_model_is_refused_with_its_length(loaded):
         (dict(batch_size=0), "batch_size"),
         (dict(prompts=[]), "prompts is empty"),
         (dict(prompts="hello"), "prompts must be a list"),
-        (dict(prompts=["ok", None]), "prompt 1 must be a string"),
+        (dict(prompts=["ok", None]), "prompt 2 must be a string"),
     ],
 )
 def test_out_of_range_values_are_refused(loaded, bad, message):

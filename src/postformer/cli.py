@@ -141,10 +141,15 @@ def _evaluate(args):
     texts = _posts_from_data(args)
     model, tokenizer = load_model(args.model)
     metrics = evaluate_posts(model, tokenizer, texts, batch_size=args.batch_size, stride=args.stride)
-    metrics = {"model": str(args.model), "data": str(args.data or "bundled sample"), **metrics}
+    from pathlib import Path
+
+    from .saving import write_text
+
+    data = Path(args.data) if args.data else None
+    split = args.split if data is None or data.is_dir() else None  # a file is read whole
+    metrics = {"model": str(args.model), "data": str(args.data or "bundled sample"), "split": split, **metrics}
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as file:
-            json.dump(metrics, file, indent=2)
+        write_text(args.output, json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))
 
 
@@ -164,10 +169,11 @@ def _score(args):
     if args.json:
         print(json.dumps(ranked, ensure_ascii=False, indent=2))
         return
-    print(f"{len(scored)} posts scored; the {len(ranked)} most unusual (highest mean token loss) first:")
+    print(f"{len(scored)} posts scored; the {len(ranked)} most unusual (highest mean token loss) first "
+          "(#N: the post's number in the input, from 1):")
     for record in ranked:
         text = record["text"].replace("\n", " ")
-        print(f"  #{record['index']:<6} loss {record['loss']:.3f}  ppl {record['perplexity']:10.1f}  "
+        print(f"  #{record['index'] + 1:<6} loss {record['loss']:.3f}  ppl {record['perplexity']:10.1f}  "
               f"{record['tokens']:>4} tokens  {text[:80]}{'...' if len(text) > 80 else ''}")
 
 
@@ -386,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="text to continue; '' starts a new post (default: --prompts-file, else one prompt per "
                      "line on stdin when it is not a terminal, else a new post)")
     gen.add_argument("--model", required=True, help="folder holding the model and its tokenizer (save_pretrained)")
-    gen.add_argument("--prompts-file", help="file with one prompt per line")
+    gen.add_argument("--prompts-file", "--file", help="file with one prompt per line")
     gen.add_argument("--max-new-tokens", type=int, default=60, help="tokens to generate at most (default: 60)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0 (default: 1.0)")
     gen.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens, 0: all (default: 50)")
@@ -440,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl = commands.add_parser("classify", help="label posts with a classifier from classify-train")
     cl.add_argument("texts", nargs="*", metavar="TEXT", help="posts to classify")
     cl.add_argument("--model", required=True, help="classifier folder (written by `postformer classify-train`)")
-    cl.add_argument("--file", help="file with one post per line")
+    cl.add_argument("--file", "--prompts-file", help="file with one post per line")
     cl.add_argument("--batch-size", type=int, default=32, help="posts classified together (default: 32)")
     cl.add_argument("--json", action="store_true", help="print a JSON list of {text, label, score, scores}")
     cl.set_defaults(func=_classify)
@@ -536,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(func=_upgrade_adapter)
 
     # (subcommands are added above this line, one block each)
+    for command in commands.choices.values():  # one progress switch for every command (see progress.py)
+        if "--quiet" not in command._option_string_actions:
+            command.add_argument("--quiet", action="store_true", help="no progress bars (the libraries' included)")
     return parser
 
 

@@ -44,10 +44,10 @@ def _check_arguments(prompts, max_new_tokens, temperature, top_k, top_p, repetit
         raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
     if len(prompts) == 0:
         raise ValueError("prompts is empty: give at least one prompt (an empty string starts a new post)")
-    for index, prompt in enumerate(prompts):
+    for number, prompt in enumerate(prompts, start=1):  # numbered from 1, as the output numbers them
         if not isinstance(prompt, str):
-            raise ValueError(f"prompt {index} must be a string, got {type(prompt).__name__}")
-        check_text(prompt, f"prompt {index}")
+            raise ValueError(f"prompt {number} must be a string, got {type(prompt).__name__}")
+        check_text(prompt, f"prompt {number}")
     if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if not _is_number(temperature) or temperature <= 0:
@@ -110,12 +110,13 @@ def generate_token_ids(
     elif streamer is False:
         streamer = None
 
-    encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    # verbose=False: a prompt longer than the context gets the clear error below, not the tokenizer's warning first
+    encoded = [tokenizer(prompt, verbose=False)["input_ids"] for prompt in prompts]
     limit = model.config.max_position_embeddings
-    for index, ids in enumerate(encoded):
+    for number, ids in enumerate(encoded, start=1):
         if len(ids) + max_new_tokens > limit:
             raise ValueError(
-                f"prompt {index} is too long: {len(ids)} tokens + max_new_tokens={max_new_tokens} = "
+                f"prompt {number} is too long: {len(ids)} tokens + max_new_tokens={max_new_tokens} = "
                 f"{len(ids) + max_new_tokens} exceeds the model's limit of {limit} positions "
                 "(max_position_embeddings); shorten the prompt or lower max_new_tokens"
             )

@@ -395,12 +395,12 @@ GENERATION_CASES = [
     ("num-return-sequences-zero", dict(num_return_sequences=0), "num_return_sequences must be an integer >= 1, got 0"),
     ("repetition-penalty-zero", dict(repetition_penalty=0.0), "repetition_penalty must be a number > 0"),
     ("batch-size-zero", dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
-    ("prompt-longer-than-context", dict(prompts=["lol " * 80]), "prompt 0 is too long"),
+    ("prompt-longer-than-context", dict(prompts=["lol " * 80]), "prompt 1 is too long"),
     ("prompt-plus-new-tokens-over-context", dict(prompts=["lol " * 30], max_new_tokens=40),
      "exceeds the model's limit of 64"),
     ("prompts-a-string", dict(prompts="just watched"), "prompts must be a list of strings"),
-    ("prompt-not-a-string", dict(prompts=["ok", 7]), "prompt 1 must be a string, got int"),
-    ("prompt-with-lone-surrogate", dict(prompts=["ok", "caf\udce9"]), "prompt 1 is not valid text: it holds the lone "
+    ("prompt-not-a-string", dict(prompts=["ok", 7]), "prompt 2 must be a string, got int"),
+    ("prompt-with-lone-surrogate", dict(prompts=["ok", "caf\udce9"]), "prompt 2 is not valid text: it holds the lone "
      "surrogate U+DCE9 at character 3"),
 ]
 
@@ -419,7 +419,7 @@ def test_bad_generation_value_is_a_clear_error(loaded, options, message):
     (["--top-k", "-3"], "top_k must be an integer >= 0"),
     (["--max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),
     (["--num-return-sequences", "0"], "num_return_sequences must be an integer >= 1"),
-    (["--max-new-tokens", "60", "--", "lol " * 20], "prompt 0 is too long"),
+    (["--max-new-tokens", "60", "--", "lol " * 20], "prompt 1 is too long"),
 ], ids=["temperature-zero", "temperature-nan", "top-p-above-one", "top-k-negative", "max-new-tokens-zero",
         "num-return-sequences-zero", "prompt-too-long"])
 def test_cli_generate_bad_values(model_dir, capsys, flags, message):
@@ -434,12 +434,12 @@ def test_text_that_is_not_utf8_on_the_command_line_or_stdin(model_dir, tmp_path,
     with clear_error(ValueError, "post 1 is not valid text", "U+DCFF"):
         evaluate_posts(*load_model(model_dir), ["fine", "bad \udcff byte"])
     one_line_error(capsys, ["generate", "--model", model_dir, "caf\udce9"], "generate",
-                   "prompt 0 is not valid text", "U+DCE9")
+                   "prompt 1 is not valid text", "U+DCE9")
     one_line_error(capsys, ["score", "--model", model_dir, "ok", "caf\udce9"], "score", "post 1 is not valid text")
     one_line_error(capsys, ["attention", "--model", model_dir, "--text", "caf\udce9", "--output", tmp_path / "a.png"],
                    "attention", "text is not valid text")
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ok\ncaf\xe9\n"), errors="surrogateescape"))
-    one_line_error(capsys, ["generate", "--model", model_dir], "generate", "prompt 1 is not valid text")
+    one_line_error(capsys, ["generate", "--model", model_dir], "generate", "prompt 2 is not valid text")
 
 
 def test_posts_longer_than_the_context_are_scored_with_a_sliding_window(loaded, tmp_path, capsys, model_dir):
@@ -586,16 +586,16 @@ def test_disk_full_while_saving_a_tokenizer_keeps_the_previous_one(tmp_path, pos
 
 
 def test_disk_full_anywhere_else_is_one_line_too(model_dir, tmp_path, monkeypatch, capsys):
-    """A write outside the staged saves (here: evaluate --output) that hits a full disk is still one line."""
+    """A write outside the staged saves (here: score --output) that hits a full disk is still one line."""
     def full_open(path, mode="r", *args, **kwargs):
-        if "w" in mode and str(path).endswith("metrics.json"):
+        if "w" in mode and str(path).endswith("scores.jsonl"):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_open(path, mode, *args, **kwargs)
 
     real_open = open
     monkeypatch.setattr("builtins.open", full_open)
-    one_line_error(capsys, ["evaluate", "--model", model_dir, "--max-posts", 2, "--output", tmp_path / "metrics.json"],
-                   "evaluate", "no space left on device while writing", "metrics.json")
+    one_line_error(capsys, ["score", "--model", model_dir, "--max-posts", 2, "--output", tmp_path / "scores.jsonl"],
+                   "score", "no space left on device while writing", "scores.jsonl")
 
 
 # ----------------------------------------------------------------------------------------------------------------

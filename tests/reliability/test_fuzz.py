@@ -13,8 +13,8 @@ The contract each test checks:
   FileNotFoundError of ours, naming the file, is raised; exactly those types: no UnicodeDecodeError,
   JSONDecodeError, pyarrow, pandas or datasets error;
 - generation (`generate_posts` and `postformer generate`): any prompt gives one continuation (a string), or,
-  when its tokens plus max_new_tokens exceed the context, the ValueError "prompt 0 is too long", or, when it
-  holds a lone surrogate (bytes that were not UTF-8, half an emoji), the ValueError "prompt 0 is not valid text";
+  when its tokens plus max_new_tokens exceed the context, the ValueError "prompt 1 is too long", or, when it
+  holds a lone surrogate (bytes that were not UTF-8, half an emoji), the ValueError "prompt 1 is not valid text";
 - evaluation (`evaluate_posts`): any post with some non-space text is scored (long ones with a sliding window).
 
 The examples are derandomized (the same on every run) so that the suite is stable; set POSTFORMER_FUZZ_EXAMPLES
@@ -221,14 +221,14 @@ def test_generation_continues_any_prompt_or_says_it_is_too_long(loaded, prompt, 
     model, tokenizer = loaded
     options = dict(max_new_tokens=max_new_tokens, do_sample=not greedy, seed=0)
     if any("\ud800" <= c <= "\udfff" for c in prompt):
-        with pytest.raises(ValueError, match="prompt 0 is not valid text: it holds the lone surrogate") as caught:
+        with pytest.raises(ValueError, match="prompt 1 is not valid text: it holds the lone surrogate") as caught:
             generate_posts(model, tokenizer, [prompt], **options)
         assert type(caught.value) is ValueError
     elif _fits(tokenizer, prompt, max_new_tokens):
         [[continuation]] = generate_posts(model, tokenizer, [prompt], **options)
         assert isinstance(continuation, str)
     else:
-        with pytest.raises(ValueError, match="prompt 0 is too long") as caught:
+        with pytest.raises(ValueError, match="prompt 1 is too long") as caught:
             generate_posts(model, tokenizer, [prompt], **options)
         assert type(caught.value) is ValueError
 
@@ -247,7 +247,7 @@ def test_generate_command_prints_a_continuation_or_one_error_line(model_dir, loa
     else:
         assert code == 2
         assert [line for line in err.splitlines() if "error:" in line][0].startswith(
-            "postformer generate: error: prompt 0 is too long")
+            "postformer generate: error: prompt 1 is too long")
 
 
 @fuzz(20)
