@@ -249,6 +249,20 @@ def test_the_held_out_split_is_stratified_and_deterministic(topic_posts):
     assert not set(first.splits["validation"]["text"]) & set(first.splits["train"]["text"])
     other = load_labelled_posts(topic_posts, validation_fraction=0.25, seed=4)
     assert other.splits["validation"]["text"] != first.splits["validation"]["text"]
+    assert first.splits["train"].column_names == ["text", "label"]  # label names, as the data's own splits have
+
+
+def test_posts_too_few_for_a_stratified_split_are_refused_naming_the_short_labels(tmp_path):
+    rows = [{"text": f"post {i}", "label": label} for i, label in enumerate("aaaabbbbc")]
+    with pytest.raises(ValueError, match=r"too few posts in .*posts\.jsonl \(9\) to hold out a stratified validation "
+                                         r"fraction of 0\.3: label\(s\) \['c'\] have a single post"):
+        load_labelled_posts(write_jsonl(tmp_path / "posts.jsonl", rows), validation_fraction=0.3)
+    rows = [{"text": f"post {i}", "label": label} for i, label in enumerate("aabbccddee")]
+    with pytest.raises(ValueError, match=r"\(10\) to hold out .* of 0\.1: .*test_size = 1 .* number of classes = 5"):
+        load_labelled_posts(write_jsonl(tmp_path / "posts.jsonl", rows), validation_fraction=0.1)
+    rows = [{"text": f"post {i}", "label": "a" if i < 20 else "b"} for i in range(22)]
+    with pytest.raises(ValueError, match=r"of 0\.8: no post of label\(s\) \['b'\] would be left to train on"):
+        load_labelled_posts(write_jsonl(tmp_path / "posts.jsonl", rows), validation_fraction=0.8)
 
 
 def test_classify_refuses_a_language_model_folder_and_empty_input(model_dir, trained):
