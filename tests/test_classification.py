@@ -23,6 +23,7 @@ from postformer.classification import (
 )
 from postformer.cli import main as cli
 from postformer.data import load_labelled_files
+from postformer.model_files import load_model
 
 TOPICS = ("election", "football", "phone", "song", "weather")  # each in 12 of the 60 TINY_POSTS
 FAST = dict(epochs=5, learning_rate=3e-3, batch_size=8, disable_progress_bar=True)
@@ -142,6 +143,25 @@ def test_the_saved_classifier_loads_back_and_classify_posts_agrees_with_the_trai
         assert set(result["scores"]) == set(TOPICS) and sum(result["scores"].values()) == pytest.approx(1.0)
         assert result["score"] == max(result["scores"].values())
     assert sum(r["predicted"] == r["label"] for r in held_out) / 15 == pytest.approx(metrics["eval_accuracy"])
+
+
+def test_classify_through_the_pipeline_equals_one_forward_pass_per_post_in_any_batch(trained):
+    output, _ = trained
+    texts = list(TINY_POSTS[::3]) + ["lol", "the election debate " * 20]  # short, and one cut at 64 tokens
+    model, tokenizer = load_model(output, "text-classification")
+    expected = []
+    for text in texts:  # alone: no padding, nothing to batch with
+        inputs = tokenizer(text, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            probabilities = torch.softmax(model(**inputs).logits.float(), -1)[0].tolist()
+        expected.append({model.config.id2label[i]: p for i, p in enumerate(probabilities)})
+    for batch_size in (1, 3, 32):
+        results = classify_posts(output, texts, batch_size=batch_size)
+        assert [r["label"] for r in results] == [max(e, key=e.get) for e in expected]
+        for result, scores in zip(results, expected):
+            assert list(result["scores"]) == list(TOPICS)  # label id order
+            assert result["scores"] == pytest.approx(scores, abs=1e-6)
+            assert result["score"] == result["scores"][result["label"]]
 
 
 def test_the_saved_classifier_loads_with_remote_code_without_the_package(trained, tmp_path):

@@ -5,12 +5,13 @@ language model's body (`PostformerForSequenceClassification`, which pools the la
 fine-tunes the whole model with `transformers.Trainer`. It reports accuracy and macro-F1 on a held-out split
 (scikit-learn's metrics: scikit-learn is in postformer's extras), beside the majority-class baseline, and saves a Hub-style folder that `AutoModelForSequenceClassification`
 loads (after `import postformer`, or with `trust_remote_code=True` without it). `classify_posts` labels posts
-with such a folder.
+with such a folder, through `transformers.pipeline("text-classification")`.
 
 Posts are encoded as the language model saw them ("<s>" then the text) and padded on the RIGHT: real tokens
 then keep positions 0..n-1 whatever the batch, so a post's label does not depend on what it is batched with,
 for every position scheme (learned and sinusoidal positions would shift under left padding). The classifier's
-tokenizer is saved with that padding side, so `pipeline("text-classification", ...)` pads the same way.
+tokenizer is saved with that padding side, so `pipeline("text-classification", ...)` pads the same way, here and
+wherever the folder is used.
 """
 
 import json
@@ -458,19 +459,21 @@ def _check_texts(texts, batch_size) -> None:
 
 def classify_with(model, tokenizer, texts: list[str], batch_size: int = 32) -> list[dict]:
     """`classify_posts` with a classifier and tokenizer already loaded (`postformer.model_files.load_model(folder,
-    "text-classification")`)."""
+    "text-classification")`), through `transformers.pipeline("text-classification")`: posts encoded and cut at the
+    tokenizer's model_max_length, padded (on the tokenizer's side: the right) into batches of `batch_size`, and
+    the softmax of the logits. A post's scores do not depend on its batch (tested against one forward pass per
+    post)."""
+    from transformers import pipeline
+
     _check_texts(texts, batch_size)
+    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)
     id2label = model.config.id2label
     results = []
-    for start in range(0, len(texts), batch_size):
-        inputs = tokenizer(list(texts[start : start + batch_size]), truncation=True, padding=True,
-                           max_length=tokenizer.model_max_length, return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            probabilities = torch.softmax(model(**inputs).logits.float(), -1).cpu()
-        for row in probabilities.tolist():
-            best = max(range(len(row)), key=row.__getitem__)
-            results.append({"label": id2label[best], "score": row[best],
-                            "scores": {id2label[i]: p for i, p in enumerate(row)}})
+    for ranked in classifier(list(texts), batch_size=batch_size, top_k=None, truncation=True):
+        by_label = {entry["label"]: entry["score"] for entry in ranked}  # ranked by score: back to label id order
+        scores = {id2label[i]: by_label[id2label[i]] for i in range(len(id2label))}
+        best = max(scores, key=scores.get)  # on a tie, the lower label id
+        results.append({"label": best, "score": scores[best], "scores": scores})
     return results
 
 
