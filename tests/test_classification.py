@@ -23,6 +23,7 @@ from postformer.classification import (
 )
 from postformer.cli import main as cli
 from postformer.data import load_labelled_files
+from postformer.model_files import load_model
 
 TOPICS = ("election", "football", "phone", "song", "weather")  # each in 12 of the 60 TINY_POSTS
 FAST = dict(epochs=5, learning_rate=3e-3, batch_size=8, disable_progress_bar=True)
@@ -144,6 +145,25 @@ def test_the_saved_classifier_loads_back_and_classify_posts_agrees_with_the_trai
     assert sum(r["predicted"] == r["label"] for r in held_out) / 15 == pytest.approx(metrics["eval_accuracy"])
 
 
+def test_classify_through_the_pipeline_equals_one_forward_pass_per_post_in_any_batch(trained):
+    output, _ = trained
+    texts = list(TINY_POSTS[::3]) + ["lol", "the election debate " * 20]  # short, and one cut at 64 tokens
+    model, tokenizer = load_model(output, "text-classification")
+    expected = []
+    for text in texts:  # alone: no padding, nothing to batch with
+        inputs = tokenizer(text, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            probabilities = torch.softmax(model(**inputs).logits.float(), -1)[0].tolist()
+        expected.append({model.config.id2label[i]: p for i, p in enumerate(probabilities)})
+    for batch_size in (1, 3, 32):
+        results = classify_posts(output, texts, batch_size=batch_size)
+        assert [r["label"] for r in results] == [max(e, key=e.get) for e in expected]
+        for result, scores in zip(results, expected):
+            assert list(result["scores"]) == list(TOPICS)  # label id order
+            assert result["scores"] == pytest.approx(scores, abs=1e-6)
+            assert result["score"] == result["scores"][result["label"]]
+
+
 @pytest.mark.slow
 def test_the_saved_classifier_loads_with_remote_code_without_the_package(trained, tmp_path):
     output, _ = trained
@@ -250,6 +270,20 @@ def test_the_held_out_split_is_stratified_and_deterministic(topic_posts):
     assert not set(first.splits["validation"]["text"]) & set(first.splits["train"]["text"])
     other = load_labelled_posts(topic_posts, validation_fraction=0.25, seed=4)
     assert other.splits["validation"]["text"] != first.splits["validation"]["text"]
+    assert first.splits["train"].column_names == ["text", "label"]  # label names, as the data's own splits have
+
+
+def test_posts_too_few_for_a_stratified_split_are_refused_naming_the_short_labels(tmp_path):
+    rows = [{"text": f"post {i}", "label": label} for i, label in enumerate("aaaabbbbc")]
+    with pytest.raises(ValueError, match=r"too few posts in .*posts\.jsonl \(9\) to hold out a stratified validation "
+                                         r"fraction of 0\.3: label\(s\) \['c'\] have a single post"):
+        load_labelled_posts(write_jsonl(tmp_path / "posts.jsonl", rows), validation_fraction=0.3)
+    rows = [{"text": f"post {i}", "label": label} for i, label in enumerate("aabbccddee")]
+    with pytest.raises(ValueError, match=r"\(10\) to hold out .* of 0\.1: .*test_size = 1 .* number of classes = 5"):
+        load_labelled_posts(write_jsonl(tmp_path / "posts.jsonl", rows), validation_fraction=0.1)
+    rows = [{"text": f"post {i}", "label": "a" if i < 20 else "b"} for i in range(22)]
+    with pytest.raises(ValueError, match=r"of 0\.8: no post of label\(s\) \['b'\] would be left to train on"):
+        load_labelled_posts(write_jsonl(tmp_path / "posts.jsonl", rows), validation_fraction=0.8)
 
 
 def test_classify_refuses_a_language_model_folder_and_empty_input(model_dir, trained):

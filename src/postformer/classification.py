@@ -5,12 +5,13 @@ language model's body (`PostformerForSequenceClassification`, which pools the la
 fine-tunes the whole model with `transformers.Trainer`. It reports accuracy and macro-F1 on a held-out split
 (scikit-learn's metrics: scikit-learn is in postformer's extras), beside the majority-class baseline, and saves a Hub-style folder that `AutoModelForSequenceClassification`
 loads (after `import postformer`, or with `trust_remote_code=True` without it). `classify_posts` labels posts
-with such a folder.
+with such a folder, through `transformers.pipeline("text-classification")`.
 
 Posts are encoded as the language model saw them ("<s>" then the text) and padded on the RIGHT: real tokens
 then keep positions 0..n-1 whatever the batch, so a post's label does not depend on what it is batched with,
 for every position scheme (learned and sinusoidal positions would shift under left padding). The classifier's
-tokenizer is saved with that padding side, so `pipeline("text-classification", ...)` pads the same way.
+tokenizer is saved with that padding side, so `pipeline("text-classification", ...)` pads the same way, here and
+wherever the folder is used.
 """
 
 import json
@@ -151,8 +152,9 @@ def load_labelled_posts(
     is missing (naming the columns there are), when posts have an empty or missing label (saying how many and
     which rows), when the train split has fewer than 2 distinct labels or a held-out split has labels that the
     train split lacks, and when there are no posts. Without a validation split in the data, a deterministic
-    stratified `validation_fraction` of train (shuffled with `seed`, at least one post of each label kept
-    for training) becomes one. Malformed JSON lines and CSV rows are a ValueError naming the file and line, or
+    stratified `validation_fraction` of train (`datasets`' stratified `train_test_split`, shuffled with `seed`)
+    becomes one; that needs at least 2 posts of each label and leaves each label posts to train on (else a
+    ValueError saying which labels are short). Malformed JSON lines and CSV rows are a ValueError naming the file and line, or
     skipped with a warning when on_bad_lines="skip" (see `postformer.data.load_posts`).
     """
     if not 0 < validation_fraction < 1:
@@ -207,32 +209,40 @@ def load_labelled_posts(
     if "validation" in splits:
         validation_source = f"the data's validation split ({sources['validation']})"
     else:
-        train_rows, validation_rows = _stratified_split(train["label"], validation_fraction, seed)
-        if not validation_rows:
-            raise ValueError(
-                f"too few posts in {sources['train']} ({len(train)}) to hold out a validation fraction of "
-                f"{validation_fraction}; give more posts, a larger --validation-fraction or a validation file"
-            )
-        splits["train"], splits["validation"] = train.select(train_rows), train.select(validation_rows)
+        splits["train"], splits["validation"] = _stratified_split(
+            train, label_names, validation_fraction, seed, sources["train"]
+        )
         validation_source = f"a stratified {validation_fraction:g} of the train split (seed {seed})"
     if len(splits["validation"]) == 0:
         raise ValueError(f"no posts in the validation split ({sources.get('validation', data)})")
     return LabelledPosts(datasets.DatasetDict(splits), label_names, validation_source)
 
 
-def _stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Row indices (train, validation): per label, round(fraction x its posts) at random to validation, but
-    never all of them, so that every label keeps training posts. Deterministic given `seed`."""
-    rng = np.random.default_rng(seed)
-    by_label: dict[str, list[int]] = {}
-    for index, label in enumerate(labels):
-        by_label.setdefault(label, []).append(index)
-    validation = []
-    for label in sorted(by_label):
-        rows = rng.permutation(by_label[label])
-        validation.extend(int(i) for i in rows[: min(len(rows) - 1, round(fraction * len(rows)))])
-    held_out = set(validation)
-    return [i for i in range(len(labels)) if i not in held_out], sorted(validation)
+def _stratified_split(train: datasets.Dataset, label_names: list[str], fraction: float, seed: int, source: str):
+    """(train, validation): `fraction` of the posts held out with each label in the same proportion on both sides,
+    by `datasets`' `train_test_split(stratify_by_column=...)` (deterministic given `seed`). ValueError when the
+    posts are too few for that: a label with a single post, fewer held-out posts than labels, or a label left
+    without a post to train on."""
+    ids = datasets.ClassLabel(names=label_names)
+    with_ids = train.add_column("label_id", ids.str2int(train["label"])).cast_column("label_id", ids)
+    problem = None
+    try:
+        split = with_ids.train_test_split(test_size=fraction, seed=seed, stratify_by_column="label_id")
+    except ValueError as error:
+        counts = Counter(train["label"])
+        single = [label for label in label_names if counts[label] < 2]
+        problem = (f"label(s) {single} have a single post; a stratified split needs 2 of each" if single
+                   else " ".join(str(error).split()))
+    else:
+        untrained = sorted(set(label_names) - set(split["train"]["label"]), key=label_names.index)
+        if untrained:
+            problem = f"no post of label(s) {untrained} would be left to train on"
+    if problem:
+        raise ValueError(
+            f"too few posts in {source} ({len(train)}) to hold out a stratified validation fraction of {fraction:g}: "
+            f"{problem}; give more posts, another --validation-fraction or a validation file"
+        )
+    return split["train"].remove_columns("label_id"), split["test"].remove_columns("label_id")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -449,19 +459,21 @@ def _check_texts(texts, batch_size) -> None:
 
 def classify_with(model, tokenizer, texts: list[str], batch_size: int = 32) -> list[dict]:
     """`classify_posts` with a classifier and tokenizer already loaded (`postformer.model_files.load_model(folder,
-    "text-classification")`)."""
+    "text-classification")`), through `transformers.pipeline("text-classification")`: posts encoded and cut at the
+    tokenizer's model_max_length, padded (on the tokenizer's side: the right) into batches of `batch_size`, and
+    the softmax of the logits. A post's scores do not depend on its batch (tested against one forward pass per
+    post)."""
+    from transformers import pipeline
+
     _check_texts(texts, batch_size)
+    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)
     id2label = model.config.id2label
     results = []
-    for start in range(0, len(texts), batch_size):
-        inputs = tokenizer(list(texts[start : start + batch_size]), truncation=True, padding=True,
-                           max_length=tokenizer.model_max_length, return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            probabilities = torch.softmax(model(**inputs).logits.float(), -1).cpu()
-        for row in probabilities.tolist():
-            best = max(range(len(row)), key=row.__getitem__)
-            results.append({"label": id2label[best], "score": row[best],
-                            "scores": {id2label[i]: p for i, p in enumerate(row)}})
+    for ranked in classifier(list(texts), batch_size=batch_size, top_k=None, truncation=True):
+        by_label = {entry["label"]: entry["score"] for entry in ranked}  # ranked by score: back to label id order
+        scores = {id2label[i]: by_label[id2label[i]] for i in range(len(id2label))}
+        best = max(scores, key=scores.get)  # on a tie, the lower label id
+        results.append({"label": best, "score": scores[best], "scores": scores})
     return results
 
 
