@@ -120,6 +120,9 @@ def test_a_separable_labelling_is_learned_to_high_held_out_accuracy(trained):
     assert [per_label[t]["train"] for t in TOPICS] == [9] * 5 and [per_label[t]["support"] for t in TOPICS] == [3] * 5
     assert sum(row["predicted"] for row in per_label.values()) == 15
     assert json.loads((output / "metrics.json").read_text()) == metrics
+    # Trained by PostformerTrainer, as `postformer train` is: its arguments as JSON, never Trainer's pickle
+    assert (output / "training_args.json").is_file() and not (output / "training_args.bin").exists()
+    assert json.loads((output / "training_config.json").read_text())["label_field"] == "label"
     card = ModelCard.load(output / "README.md")
     assert card.data.pipeline_tag == "text-classification"
     [result] = [r for r in card.data.eval_results if r.metric_type == "accuracy"]

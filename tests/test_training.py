@@ -241,7 +241,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
 def test_output_folder_holding_another_model_is_refused_and_left_intact(tiny_run, capsys):
     output, _ = tiny_run
     before = {p.name: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
-    with pytest.raises(FileExistsError, match="already holds a model or checkpoints; nothing was overwritten"):
+    with pytest.raises(FileExistsError, match=r"already holds a model or checkpoints \(config.json, model.safetensors, checkpoint-40, checkpoint-60\); nothing was overwritten"):
         train(*options(output_dir=str(output), max_steps=5, **TINY))
     assert cli(["train", "--output-dir", str(output), "--max-steps", "5"]) == 2
     assert "already holds a model" in capsys.readouterr().err

@@ -2,9 +2,10 @@
 
 `train_classifier` reads a labelled posts file (a text and a label column), puts a new linear head on the
 language model's body (`PostformerForSequenceClassification`, which pools the last real token of a post) and
-fine-tunes the whole model with `transformers.Trainer`. It reports accuracy and macro-F1 on a held-out split
-(scikit-learn's metrics: scikit-learn is in postformer's extras), beside the majority-class baseline, and saves a Hub-style folder that `AutoModelForSequenceClassification`
-loads (after `import postformer`, or with `trust_remote_code=True` without it). `classify_posts` labels posts
+fine-tunes the whole model with `PostformerTrainer` (the trainer of `postformer train`, with the same arguments
+class). It reports accuracy and macro-F1 on a held-out split (scikit-learn's metrics: scikit-learn is in
+postformer's extras), beside the majority-class baseline, and saves a Hub-style folder that
+`AutoModelForSequenceClassification` loads (after `import postformer`, or with `trust_remote_code=True` without it). `classify_posts` labels posts
 with such a folder, through `transformers.pipeline("text-classification")`.
 
 Posts are encoded as the language model saw them ("<s>" then the text) and padded on the RIGHT: real tokens
@@ -23,19 +24,16 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from transformers import (
-    DataCollatorWithPadding,
-    Trainer,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import DataCollatorWithPadding, set_seed
 
 from ._dependencies import require
 from ._text import check_text
 from .hub_cards import write_model_card
 from .data import load_labelled_files
-from .model_files import WEIGHT_FILES, check_model, load_model
-from .saving import check_writable, saving
+from .model_files import check_model, load_model
+from .progress import progress_bars
+from .saving import check_output_folder, saving
+from .training.arguments import run_record
 
 MAX_LISTED_ROWS = 10  # rows named in an error message; the count is always given in full
 
@@ -287,16 +285,6 @@ def _encode(splits: datasets.DatasetDict, tokenizer, label_ids: dict[str, int]) 
     return splits.map(encode, batched=True, remove_columns=["text", "label"], desc="tokenising posts")
 
 
-def _check_output_dir(output_dir: Path) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"output folder {output_dir} is a file")
-    if any((output_dir / name).exists() for name in ("config.json", *WEIGHT_FILES)):
-        raise FileExistsError(
-            f"output folder {output_dir} already holds a model; nothing was overwritten. Choose another --output-dir"
-        )
-    check_writable(output_dir)
-
-
 def _report(labels: list[str], y_true, y_pred, train_counts: Counter) -> dict:
     scores = per_class_scores(y_true, y_pred, len(labels))
     return {
@@ -312,79 +300,63 @@ def _report(labels: list[str], y_true, y_pred, train_counts: Counter) -> dict:
     }
 
 
-def train_classifier(
-    model_dir,
-    data,
-    output_dir,
-    text_field: str = "text",
-    label_field: str = "label",
-    epochs: float = 3.0,
-    learning_rate: float = 1e-3,
-    batch_size: int = 16,
-    validation_fraction: float = 0.1,
-    seed: int = 0,
-    max_length: int | None = None,
-    weight_decay: float = 0.01,
-    warmup_fraction: float = 0.1,
-    disable_progress_bar: bool = False,
-    on_bad_lines: str = "error",
-) -> dict:
+def train_classifier(model_dir, data, output_dir, **options) -> dict:
     """Fine-tune the language model in `model_dir` into a classifier of the posts in `data`; save it to
     `output_dir` and return its metrics (also written to `output_dir/metrics.json`).
 
-    `data`, `text_field`, `label_field`, `validation_fraction` and `seed`: as `load_labelled_posts`. The whole
-    model is trained (AdamW, linear decay after `warmup_fraction` of the steps, the language model's dropout)
-    for `epochs` epochs, then scored on the validation split (and on the test split when the data has one):
-    loss, accuracy and macro-F1, beside the majority-class baseline (always the train split's commonest label),
-    and per label: its train and held-out counts, how often it was predicted, precision, recall and F1. The
-    held-out predictions are written to `output_dir/eval_predictions.jsonl`. `max_length`: tokens kept of a
-    post (longer ones are cut at the end); None: the model's context length.
+    `options`: any field of ClassifierArguments (text_field, label_field, validation_fraction, max_length,
+    skip_bad_lines) or of PostformerTrainingArguments (num_train_epochs / epochs, learning_rate, batch_size,
+    weight_decay, warmup_steps, seed, quiet, ...), as `postformer classify-train` takes them; `data`,
+    `text_field`, `label_field`, `validation_fraction` and `seed` as `load_labelled_posts`. The whole model is
+    trained by PostformerTrainer (AdamW, linear decay after a warm-up over the first 10% of the steps, the language
+    model's dropout), then scored on the validation split (and on the test split when the data has one): loss,
+    accuracy and macro-F1, beside the majority-class baseline (always the train split's commonest label), and per
+    label: its train and held-out counts, how often it was predicted, precision, recall and F1. The held-out
+    predictions are written to `output_dir/eval_predictions.jsonl` (never uploaded by `postformer push`).
+    `max_length`: tokens kept of a post (longer ones are cut at the end); None: the model's context length.
 
     Raises FileExistsError when `output_dir` already holds a model, ValueError for a folder that is not a
     language model and for the data problems `load_labelled_posts` names, MissingDependencyError (an ImportError)
     without scikit-learn.
     """
-    for name, value in (("epochs", epochs), ("learning_rate", learning_rate)):
+    from .training.arguments import command_arguments
+
+    if "on_bad_lines" in options:
+        options["skip_bad_lines"] = options.pop("on_bad_lines") == "skip"
+    job, args = command_arguments("classify-train", model=str(model_dir), data=str(data), output_dir=str(output_dir),
+                                  **options)
+    return run_classifier(job, args)
+
+
+def run_classifier(job, args) -> dict:
+    """`train_classifier` from its parsed arguments (ClassifierArguments, PostformerTrainingArguments): what
+    `postformer classify-train` calls."""
+    with progress_bars(not args.quiet):
+        return _run_classifier(job, args)
+
+
+def _run_classifier(job, args) -> dict:
+    from .training.trainer import PostformerTrainer
+
+    for name, value in (("epochs", args.num_train_epochs), ("learning_rate", args.learning_rate)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    output_dir = Path(output_dir)
-    _check_output_dir(output_dir)
+    output_dir = Path(args.output_dir)
+    check_output_folder(output_dir)
     _sklearn_metrics()  # scores are needed at the end: say now what to install, not after training
-    check_model(model_dir, "text-classification", new_head=True)  # a wrong folder is named before the data is read
-    posts = load_labelled_posts(data, text_field, label_field, validation_fraction, seed, on_bad_lines)
+    check_model(job.model, "text-classification", new_head=True)  # a wrong folder is named before the data is read
+    posts = load_labelled_posts(job.data, job.text_field, job.label_field, job.validation_fraction, args.seed,
+                                "skip" if job.skip_bad_lines else "error")
 
-    set_seed(seed)  # the new head's initial weights depend on the seed alone
-    model, tokenizer = init_classifier(model_dir, posts.labels)
-    if max_length is not None:
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
-        tokenizer.model_max_length = min(max_length, tokenizer.model_max_length)
+    set_seed(args.seed)  # the new head's initial weights depend on the seed alone
+    model, tokenizer = init_classifier(job.model, posts.labels)
+    if job.max_length is not None:
+        if isinstance(job.max_length, bool) or not isinstance(job.max_length, int) or job.max_length < 2:
+            raise ValueError(f"max_length must be an integer >= 2, got {job.max_length!r}")
+        tokenizer.model_max_length = min(job.max_length, tokenizer.model_max_length)
     encoded = _encode(posts.splits, tokenizer, model.config.label2id)
 
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=epochs,
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        warmup_steps=warmup_fraction,  # a float below 1: the fraction of all steps
-        lr_scheduler_type="linear",
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        # Not "group_by_length": transformers then also reorders evaluation, and the held-out predictions
-        # written below must stay aligned with their posts.
-        eval_strategy="epoch",
-        save_strategy="no",  # the final model is saved below; no checkpoints to clean up
-        logging_strategy="epoch",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=disable_progress_bar,
-        use_cpu=not torch.accelerator.is_available(),
-    )
-    trainer = Trainer(
+    trainer = PostformerTrainer(
         model=model,
         args=args,
         train_dataset=encoded["train"],
@@ -425,18 +397,19 @@ def train_classifier(
             records.append({"split": split, "text": text, "label": label,
                             "predicted": posts.labels[index], "score": float(probs[index])})
     metrics["hyperparameters"] = dict(
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
-        warmup_fraction=warmup_fraction, max_length=tokenizer.model_max_length, seed=seed,
-        text_field=text_field, label_field=label_field, base_model=str(model_dir),
+        epochs=args.num_train_epochs, learning_rate=args.learning_rate, batch_size=args.per_device_train_batch_size,
+        weight_decay=args.weight_decay, warmup=args.warmup_steps, max_length=tokenizer.model_max_length,
+        seed=args.seed, text_field=job.text_field, label_field=job.label_field, base_model=str(job.model),
     )
 
     if args.should_save:
         with saving(output_dir, "the classifier") as staging:  # all or nothing: a failed save leaves no half model
             trainer.save_model(str(staging))  # safetensors, config with labels and auto_map, source files, tokenizer
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            (staging / "training_config.json").write_text(json.dumps(run_record(job, args), indent=2) + "\n")
             with open(staging / "eval_predictions.jsonl", "w", encoding="utf-8") as file:
                 file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        write_model_card(output_dir, base_model=str(model_dir))
+        write_model_card(output_dir, base_model=str(job.model))
     return metrics
 
 

@@ -199,21 +199,11 @@ def _compress(args):
 
 
 def _classify_train(args):
-    from .classification import train_classifier
+    from .classification import run_classifier
+    from .training.arguments import dataclasses_from_namespace
 
-    metrics = train_classifier(
-        args.model,
-        args.data,
-        args.output_dir,
-        text_field=args.text_field,
-        label_field=args.label_field,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        batch_size=args.batch_size,
-        validation_fraction=args.validation_fraction,
-        seed=args.seed,
-        on_bad_lines=_on_bad_lines(args),
-    )
+    job, training_args = dataclasses_from_namespace("classify-train", args)
+    metrics = run_classifier(job, training_args)
     if args.json:
         print(json.dumps(metrics, ensure_ascii=False, indent=2))
     else:
@@ -226,7 +216,7 @@ def _classify_train(args):
         print(f"{'label':<20} {'train':>6} {'held out':>8} {'predicted':>9} {'F1':>6}")
         for label, row in metrics["eval_per_label"].items():
             print(f"{label[:20]:<20} {row['train']:>6} {row['support']:>8} {row['predicted']:>9} {row['f1']:>6.3f}")
-    print(f"classifier, tokenizer, metrics.json and eval_predictions.jsonl written to {args.output_dir}")
+    print(f"classifier, tokenizer, metrics.json and eval_predictions.jsonl written to {training_args.output_dir}")
 
 
 def _classify(args):
@@ -422,24 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true", help="print the top posts as JSON, with per-token losses")
     sc.set_defaults(func=_score)
 
-    ct = commands.add_parser(
-        "classify-train", help="fine-tune a trained language model into a posts classifier",
+    ct = _add_training_command(
+        commands, "classify-train", help="fine-tune a trained language model into a posts classifier",
         description="Put a classification head on a trained language model and fine-tune it on labelled posts; "
-        "reports accuracy and macro-F1 on held-out posts beside the majority-class baseline.",
+        "reports accuracy and macro-F1 on held-out posts beside the majority-class baseline. Every option of "
+        "transformers' TrainingArguments is a flag too.",
     )
-    ct.add_argument("--model", required=True, help="language model folder (written by `postformer train`)")
-    ct.add_argument("--data", required=True, help="labelled posts: .jsonl/.csv/.tsv file, folder of "
-                    "train/validation/test files or a datasets folder")
-    ct.add_argument("--output-dir", required=True, help="folder to write the classifier to (must not hold a model)")
-    ct.add_argument("--text-field", default="text", help="column holding the post (default: text)")
-    ct.add_argument("--label-field", default="label", help="column holding the label (default: label)")
-    _add_skip_bad_lines_flag(ct)
-    ct.add_argument("--epochs", type=float, default=3.0, help="passes over the train split (default: 3)")
-    ct.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
-    ct.add_argument("--batch-size", type=int, default=16, help="posts per step (default: 16)")
-    ct.add_argument("--validation-fraction", type=float, default=0.1,
-                    help="share of train held out when the data has no validation split (default: 0.1)")
-    ct.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     ct.add_argument("--json", action="store_true", help="print all metrics as JSON")
     ct.set_defaults(func=_classify_train)
 

@@ -54,8 +54,8 @@ from torch.nn.utils import prune as torch_prune
 
 from ._dependencies import MissingDependencyError, require
 from .hub_cards import write_model_card
-from .model_files import WEIGHT_FILES, check_model, load_model
-from .saving import check_writable, saving, write_text
+from .model_files import check_model, load_model
+from .saving import check_output_folder, saving, write_text
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 PRUNE_SCOPES = ("global", "layer")
@@ -190,10 +190,6 @@ def generation_speed(model, tokenizer, new_tokens: int = 32, repeats: int = 3, p
     return statistics.median(speeds)
 
 
-def _holds_model(folder: Path) -> bool:
-    return (folder / "config.json").exists() or any((folder / name).exists() for name in WEIGHT_FILES)
-
-
 def _check_positive_int(name, value):
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -273,14 +269,7 @@ def compress_model(
     if "quantization_config" in json.loads((source / "config.json").read_text(encoding="utf-8")):
         raise ValueError(f"the model in {str(source)!r} is already quantised; compress the original "
                          "(floating-point) model")
-    target = Path(output_dir)
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"output folder {str(target)!r} is a file")
-    if target.is_dir() and _holds_model(target):
-        raise FileExistsError(
-            f"output folder {str(target)!r} already holds a model; choose a new or empty folder"
-        )
-    check_writable(target)
+    target = check_output_folder(output_dir)
     if int8:
         _torchao()  # fail now, not after the measurements
 

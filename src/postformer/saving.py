@@ -129,6 +129,27 @@ def check_writable(folder: str | Path, option: str = "--output-dir") -> Path:
     return folder
 
 
+# What makes a folder hold a model (or a run of one): refused as an output folder, so nothing is overwritten.
+MODEL_ENTRIES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json", "adapter")
+
+
+def check_output_folder(folder: str | Path, hint: str = "choose another --output-dir") -> Path:
+    """Refuse an output folder that is a file, that already holds a model or checkpoints (FileExistsError naming
+    them: nothing is overwritten), or that cannot be written; return it. Every command that writes a model checks
+    its output folder here, before any work."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"output folder {str(folder)!r} is a file")
+    if folder.is_dir():
+        held = [name for name in MODEL_ENTRIES if (folder / name).exists()]
+        held += sorted(path.name for path in folder.glob("checkpoint-*"))
+        if held:
+            raise FileExistsError(f"output folder {str(folder)!r} already holds a model or checkpoints "
+                                  f"({', '.join(held)}); nothing was overwritten: {hint}")
+    return check_writable(folder)
+
+
 def is_disk_full(error: BaseException) -> bool:
     """True for an error that says the device is full (or the quota is used up): an OSError, or the error of a
     library written in Rust (safetensors raises a SafetensorError, tokenizers a bare Exception), which carries
@@ -171,4 +192,4 @@ def saving(folder: str | Path, what: str):
 
 
 __all__ = ["PARTIAL_PREFIX", "DiskFullError", "write_atomically", "write_text", "staged_save", "remove_partial_saves",
-           "check_writable", "is_disk_full", "disk_full_error", "saving"]
+           "check_writable", "check_output_folder", "is_disk_full", "disk_full_error", "saving"]

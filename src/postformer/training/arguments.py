@@ -157,6 +157,24 @@ class FinetuneArguments:
     max_eval_posts: int | None = field(default=300, metadata=_help("evaluate on at most this many validation posts"))
 
 
+@dataclass
+class ClassifierArguments:
+    """`postformer classify-train`: the language model to start from and the labelled posts."""
+
+    model: str = field(default=None, metadata=_help(
+        "language model folder (written by `postformer train`) or Hub repo id", required=True))
+    data: str = field(default=None, metadata=_help(
+        "labelled posts: a .jsonl/.csv/.tsv file, a folder of train/validation/test files or a datasets folder",
+        required=True))
+    text_field: str = field(default="text", metadata=_help("column holding the post"))
+    label_field: str = field(default="label", metadata=_help("column holding the label"))
+    skip_bad_lines: bool = field(default=False, metadata=PretrainArguments.__dataclass_fields__["skip_bad_lines"].metadata)
+    validation_fraction: float = field(default=0.1, metadata=_help(
+        "share of train held out (stratified by label) when the data has no validation split"))
+    max_length: int | None = field(default=None, metadata=_help(
+        "tokens kept of a post, longer ones cut at the end (default: the model's context)"))
+
+
 MODEL_FIELDS = (
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "max_position_embeddings", "position_embedding_type", "use_relative_position", "max_relative_position",
@@ -174,6 +192,11 @@ COMMAND_DEFAULTS = {
     # run_clm's defaults, except the learning rate: None is 2e-4 with LoRA, 5e-5 for a full fine-tune
     "finetune": dict(num_train_epochs=1.0, learning_rate=None, weight_decay=0.0, eval_strategy="no",
                      save_strategy="no"),
+    # Evaluated each epoch (not "group_by_length": transformers then also reorders evaluation, and the held-out
+    # predictions must stay aligned with their posts); warm-up over the first 10% of the steps.
+    "classify-train": dict(num_train_epochs=3.0, learning_rate=1e-3, per_device_train_batch_size=16,
+                           weight_decay=0.01, warmup_steps=0.1, eval_strategy="epoch", save_strategy="no",
+                           logging_strategy="epoch"),
 }
 
 
@@ -197,7 +220,7 @@ def run_record(job, args: PostformerTrainingArguments) -> dict:
 
 # Earlier option names (flags and config keys before 0.2), as Python keyword arguments.
 EARLIER_NAMES = {"batch_size": "per_device_train_batch_size", "lr_scheduler": "lr_scheduler_type",
-                 "epochs": "num_train_epochs", "disable_progress_bar": "quiet"}
+                 "epochs": "num_train_epochs", "disable_progress_bar": "quiet", "warmup_fraction": "warmup_steps"}
 
 
 def training_arguments(command: str, **overrides) -> PostformerTrainingArguments:
@@ -219,7 +242,7 @@ def command_arguments(command: str, **options) -> tuple:
 # ----------------------------------------------------------------------------------------------------------------
 # Parsing
 
-JOB_ARGUMENTS = {"train": PretrainArguments, "finetune": FinetuneArguments}
+JOB_ARGUMENTS = {"train": PretrainArguments, "finetune": FinetuneArguments, "classify-train": ClassifierArguments}
 
 
 def add_config_flag(parser) -> None:
@@ -283,6 +306,6 @@ def config_file_arguments(path: str | Path, parser) -> list[str]:
     return tokens
 
 
-__all__ = ["PostformerTrainingArguments", "PretrainArguments", "FinetuneArguments", "MODEL_FIELDS", "COMMAND_DEFAULTS",
+__all__ = ["PostformerTrainingArguments", "PretrainArguments", "FinetuneArguments", "ClassifierArguments", "MODEL_FIELDS", "COMMAND_DEFAULTS",
            "run_record", "training_arguments", "command_arguments", "add_config_flag", "dataclasses_from_namespace",
            "config_file_arguments"]

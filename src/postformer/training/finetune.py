@@ -64,24 +64,12 @@ def _check_arguments(job: FinetuneArguments, args: PostformerTrainingArguments) 
 
 
 def _check_output_dir(model_dir: Path, output_dir: Path) -> None:
-    """Refuse to overwrite a model (or the base model itself) or a folder that cannot be written; an empty or
-    model-free folder is fine."""
-    from ..saving import check_writable
+    """Refuse to overwrite a model (or the base model itself) or a folder that cannot be written."""
+    from ..saving import check_output_folder
 
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"output folder {output_dir} is a file")
     if output_dir.resolve() == model_dir.resolve():
         raise ValueError(f"output folder {output_dir} is the base model's folder: choose another --output-dir")
-    if output_dir.is_dir():
-        held = [name for name in ("config.json", "model.safetensors", "model.safetensors.index.json", "adapter")
-                if (output_dir / name).exists()]
-        held += sorted(p.name for p in output_dir.glob("checkpoint-*"))
-        if held:
-            raise FileExistsError(
-                f"output folder {output_dir} already holds a model ({', '.join(held)}); nothing was overwritten. "
-                "Choose another --output-dir."
-            )
-    check_writable(output_dir)
+    check_output_folder(output_dir)
 
 
 def linear_module_names(model: nn.Module) -> list[str]:

@@ -19,7 +19,7 @@ from ..tokenization import config_token_ids, posts_generation_config, train_toke
 from .arguments import MODEL_FIELDS, PostformerTrainingArguments, PretrainArguments, run_record
 from .data import pack_posts, tokens_per_character
 from ..progress import progress_bars
-from ..saving import staged_save, write_text
+from ..saving import check_output_folder, staged_save, write_text
 from .trainer import PostformerTrainer, SampleGenerationCallback, flops_per_token, measure_matmul_peak
 
 class TrainingInterrupted(Exception):
@@ -44,19 +44,13 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
     """Refuse to overwrite another run; return the checkpoint to resume from."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"output folder {output_dir} is a file")
+    if not resume:
+        check_output_folder(output_dir, "pass --resume to continue that run, or choose another --output-dir")
+        return None
     checkpoint = latest_checkpoint(output_dir) if output_dir.is_dir() else None
-    if resume:
-        if checkpoint is None:
-            raise FileNotFoundError(f"--resume: no complete checkpoint in {output_dir} to resume from")
-        return checkpoint
-    if (output_dir / "config.json").exists() or checkpoint is not None:
-        raise FileExistsError(
-            f"output folder {output_dir} already holds a model or checkpoints; nothing was overwritten. "
-            "Pass --resume to continue that run, or choose another --output-dir."
-        )
-    return None
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint in {output_dir} to resume from")
+    return checkpoint
 
 
 def build_model_config(config: PretrainArguments, tokenizer) -> PostformerConfig:
