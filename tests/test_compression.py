@@ -123,6 +123,7 @@ def tensor_bytes(path) -> int:
     return path.stat().st_size - 8 - header_length
 
 
+@pytest.mark.slow
 def test_compressed_folders_are_custom_code_folders_without_postformer(model_dir, tmp_path):
     """As the README says: without the package, a bf16 or int8 folder loads with trust_remote_code=True (and
     nothing for the compression), like any Postformer folder, and not without it."""

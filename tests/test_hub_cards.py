@@ -240,6 +240,7 @@ def test_local_data_is_named_in_the_text_never_in_the_metadata(tmp_path):
     assert f"Measured on the compressed weights, on {data.with_name('held_out.jsonl')}" in card.text
 
 
+@pytest.mark.slow
 def test_classifier_card_has_its_pipeline_tag_metrics_and_a_working_snippet(classifier_folder, snippet_output):
     card = ModelCard.load(classifier_folder / "README.md")
     assert card.data.pipeline_tag == "text-classification"

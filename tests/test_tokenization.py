@@ -191,6 +191,7 @@ print("OK")
     assert AutoTokenizer.from_pretrained(tmp_path / "tok")(text)["input_ids"] == expected["tok"]
 
 
+@pytest.mark.slow
 def test_model_folder_tokenizer_loads_without_postformer_as_the_readme_says(model_dir, tmp_path):
     """README, Publishing: beside a model, AutoTokenizer asks whether to run the model's code unless
     trust_remote_code is given (and, unanswered, loads anyway); with True, or False without running any of the
