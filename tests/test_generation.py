@@ -9,6 +9,7 @@ import torch
 from postformer import PostformerForCausalLM
 from postformer.cli import main as cli
 from postformer.generation import (
+    compiled_generation_options,
     format_generations,
     generate_posts,
     generate_token_ids,
@@ -110,7 +111,7 @@ def test_greedy_is_deterministic_and_returns_only_the_continuation(loaded):
 
 
 def test_greedy_with_several_sequences_is_refused(loaded):
-    with pytest.raises(ValueError, match="num_return_sequences=2 needs sampling"):
+    with pytest.raises(ValueError, match=r"Greedy methods .* do not support `num_return_sequences` different than 1"):
         generate_posts(*loaded, ["hi"], do_sample=False, num_return_sequences=2)
 
 
@@ -303,3 +304,18 @@ def test_compiled_generation_gives_the_plain_paths_text(model_dir, loaded, capsy
     args = ["generate", "--model", str(model_dir), "--greedy", "--compile", "--max-new-tokens", "12", "--json", *PROMPTS]
     assert cli(args) == 0
     assert [r["generations"] for r in json.loads(capsys.readouterr().out)] == expected
+
+
+def test_compiled_generation_options_turn_on_compilation_on_the_cpu(loaded):
+    """compiled_generation_options sets transformers' private CompileConfig._compile_all_devices (no public switch
+    compiles generation on a CPU in 5.x). If transformers renames or drops it, this fails instead of --compile
+    silently running uncompiled."""
+    from transformers import CompileConfig, GenerationConfig, StaticCache
+
+    model, _ = loaded
+    assert "_compile_all_devices" in vars(CompileConfig)
+    options = compiled_generation_options()
+    config = GenerationConfig(compile_config=options["compile_config"])
+    cache = StaticCache(config=model.config, max_cache_len=8)
+    assert model.device.type == "cpu" and model._valid_auto_compile_criteria({"cache": cache}, config)
+    assert not model._valid_auto_compile_criteria({"cache": cache}, GenerationConfig(compile_config=CompileConfig()))

@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompts", nargs="*", metavar="PROMPT",
                      help="text to continue; '' starts a new post (default: --prompts-file, else one prompt per "
                      "line on stdin when it is not a terminal, else a new post)")
-    gen.add_argument("--model", required=True, help="folder holding the model and its tokenizer (save_pretrained)")
+    gen.add_argument("--model", required=True, help="folder holding the model and its tokenizer (save_pretrained), or a Hub repo id")
     gen.add_argument("--prompts-file", "--file", help="file with one prompt per line")
     gen.add_argument("--max-new-tokens", type=int, default=60, help="tokens to generate at most (default: 60)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0 (default: 1.0)")
@@ -398,14 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print a JSON list of {prompt, generations}")
     gen.set_defaults(func=_generate)
     ev = commands.add_parser("evaluate", help="loss, perplexity and bits per character of a model on posts")
-    ev.add_argument("--model", required=True, help="folder holding the model and its tokenizer")
+    ev.add_argument("--model", required=True, help="folder holding the model and its tokenizer, or a Hub repo id")
     _add_posts_flags(ev, "the bundled sample")
     ev.add_argument("--output", help="also write the metrics to this JSON file")
     ev.set_defaults(func=_evaluate)
 
     sc = commands.add_parser("score", help="each post's mean token loss (find unusual or spammy posts)")
     sc.add_argument("texts", nargs="*", metavar="TEXT", help="posts to score (default: the posts of --data)")
-    sc.add_argument("--model", required=True, help="folder holding the model and its tokenizer")
+    sc.add_argument("--model", required=True, help="folder holding the model and its tokenizer, or a Hub repo id")
     _add_posts_flags(sc, "the bundled sample")
     sc.add_argument("--top", type=int, default=20, help="print the N highest-loss posts (default: 20)")
     sc.add_argument("--output", help="write every post with its per-token losses to this JSONL file")
@@ -423,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cl = commands.add_parser("classify", help="label posts with a classifier from classify-train")
     cl.add_argument("texts", nargs="*", metavar="TEXT", help="posts to classify")
-    cl.add_argument("--model", required=True, help="classifier folder (written by `postformer classify-train`)")
+    cl.add_argument("--model", required=True, help="classifier folder (written by `postformer classify-train`), or a "
+                    "Hub repo id")
     cl.add_argument("--file", "--prompts-file", help="file with one post per line")
     cl.add_argument("--batch-size", type=int, default=32, help="posts classified together (default: 32)")
     cl.add_argument("--json", action="store_true", help="print a JSON list of {text, label, score, scores}")
@@ -462,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         "across the layers with --head alone, else a grid of every layer and head. Layers and heads are "
         "numbered from 0. Needs matplotlib (pip install 'postformer[extras]').",
     )
-    att.add_argument("--model", required=True, help="folder holding the model and its tokenizer (save_pretrained)")
+    att.add_argument("--model", required=True, help="folder holding the model and its tokenizer (save_pretrained), or a Hub repo id")
     att.add_argument("--text", required=True, help="the post, encoded as a post: <s> then the text")
     att.add_argument("--output", required=True, help="PNG file to write (missing folders are made)")
     att.add_argument("--layer", type=int, help="layer to draw, from 0 (default: all layers)")

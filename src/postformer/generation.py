@@ -15,7 +15,7 @@ import numbers
 from collections.abc import Sequence
 
 import torch
-from transformers import CompileConfig, TextStreamer, set_seed
+from transformers import CompileConfig, GenerationConfig, TextStreamer, set_seed
 
 from . import modeling  # noqa: F401  (registers the Auto classes)
 from ._text import check_text
@@ -26,7 +26,9 @@ def compiled_generation_options() -> dict:
     first call pays the compilation (seconds to a minute on a CPU); later calls with the same batch size and
     length budget reuse it. Outputs equal the plain path's (tested)."""
     compile_config = CompileConfig(fullgraph=True, dynamic=False)
-    compile_config._compile_all_devices = True  # transformers' own switch for compiling on the CPU
+    # A private attribute: transformers 5 has no public switch that compiles generation off GPUs; it is its own
+    # flag for that (tested: test_compiled_generation_options_turn_on_compilation_on_the_cpu fails if it goes).
+    compile_config._compile_all_devices = True
     return {"cache_implementation": "static", "compile_config": compile_config}
 
 
@@ -60,11 +62,6 @@ def _check_arguments(prompts, max_new_tokens, temperature, top_k, top_p, repetit
         raise ValueError(f"repetition_penalty must be a number > 0 (1.0 turns it off), got {repetition_penalty!r}")
     if not _is_int(num_return_sequences) or num_return_sequences < 1:
         raise ValueError(f"num_return_sequences must be an integer >= 1, got {num_return_sequences!r}")
-    if not do_sample and num_return_sequences > 1:
-        raise ValueError(
-            f"num_return_sequences={num_return_sequences} needs sampling: greedy decoding gives one continuation "
-            "per prompt"
-        )
     if seed is not None and not _is_int(seed):
         raise ValueError(f"seed must be an integer or None, got {seed!r}")
     if not _is_int(batch_size) or batch_size < 1:
@@ -138,10 +135,13 @@ def generate_token_ids(
         options.update(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
     if repetition_penalty != 1.0:
         options["repetition_penalty"] = float(repetition_penalty)
-    if streamer is not None:
-        options["streamer"] = streamer
     if compile:
         options.update(compiled_generation_options())
+    # transformers' own checks of how the options combine (greedy decoding with several sequences, ...); the
+    # ranges of the sampling values above are checked here, since transformers checks those only while generating.
+    GenerationConfig(**options).validate(strict=True)
+    if streamer is not None:
+        options["streamer"] = streamer
 
     if seed is not None:
         set_seed(int(seed))

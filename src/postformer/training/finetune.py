@@ -1,14 +1,16 @@
 """Fine-tune a saved causal LM on posts, fully or with LoRA, in the style of transformers' `run_clm.py`.
 
-`finetune(model_dir, data, output_dir, ...)` is what `postformer finetune` calls:
+`run_finetune(FinetuneArguments, PostformerTrainingArguments)` is what `postformer finetune` calls (`finetune(model_dir,
+data, output_dir, **options)` builds the same arguments from keywords):
 
-1. the model and tokenizer loaded with `postformer.generation.load_model_and_tokenizer(model_dir)` (which checks
-   the folder, then calls `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`);
+1. the model and tokenizer loaded with `postformer.model_files.load_model` (a folder, checked, or a Hub repo id);
 2. posts read with `postformer.data.load_posts`, tokenised and packed into blocks with `pack_posts`;
 3. optionally wrapped with PEFT LoRA adapters;
-4. trained by a plain `transformers.Trainer` (no custom loop), evaluated before and after on the validation split;
+4. trained by `PostformerTrainer` (the trainer of `postformer train`), evaluated before and after on the
+   validation split;
 5. saved to `output_dir` as a complete model folder (a LoRA run saves the merged model there, and the adapter
-   alone in `output_dir/adapter/`), with metrics.json, training_config.json, loss_curve.png and a model card.
+   alone in `output_dir/adapter/`), with metrics.json, training_config.json, training_args.json, loss_curve.png
+   and a model card.
 
 LoRA targets, by default, every Linear layer inside the Postformer blocks (DEFAULT_LORA_TARGET_MODULES):
 
