@@ -335,3 +335,20 @@ def _training_commands_of(parser):
     from postformer.cli import _training_commands
 
     return _training_commands(parser).items()
+
+
+def test_train_skips_bad_lines_when_asked_and_names_the_flag_that_does(tmp_path, capsys):
+    posts = [json.dumps({"text": f"post number {i} about the match and the weather " * 3}) for i in range(60)]
+    (tmp_path / "bad.jsonl").write_text("\n".join(posts + ['{"text": "unterminated']))  # cut off mid-record
+    argv = ["train", "--data", str(tmp_path / "bad.jsonl"), "--output-dir", str(tmp_path / "out"), "--max-steps", "1",
+            "--hidden-size", "32", "--intermediate-size", "64", "--num-hidden-layers", "1", "--vocab-size", "300",
+            "--block-size", "32", "--batch-size", "2", "--sample-prompts", "--quiet"]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"postformer train: error: {tmp_path / 'bad.jsonl'}, line 61: not valid JSON (Unterminated string "
+                   "starting at column 10): '{\"text\": \"unterminated'; fix or remove the line, or skip malformed "
+                   "lines (on_bad_lines='skip', --skip-bad-lines)")
+    assert cli([*argv, "--skip-bad-lines"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: skipped 1 malformed line" in captured.err
+    assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err  # --quiet

@@ -110,7 +110,9 @@ def _json_lines(path: Path):
             except json.JSONDecodeError as error:
                 snippet = text.strip()
                 snippet = snippet if len(snippet) <= 60 else snippet[:57] + "..."
-                yield number, raw, None, f"not valid JSON ({error.msg} at column {error.colno}): {snippet!r}"
+                # json's messages may end in "at" themselves ("Unterminated string starting at")
+                message = error.msg.removesuffix(" at")
+                yield number, raw, None, f"not valid JSON ({message} at column {error.colno}): {snippet!r}"
                 continue
             except RecursionError:
                 yield number, raw, None, "JSON nested too deeply to read"
