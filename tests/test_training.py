@@ -352,3 +352,22 @@ def test_train_skips_bad_lines_when_asked_and_names_the_flag_that_does(tmp_path,
     captured = capsys.readouterr()
     assert "warning: skipped 1 malformed line" in captured.err
     assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err  # --quiet
+
+
+def test_mfu_never_exceeds_one_when_the_peak_was_measured_on_a_busy_machine(tokenizer, tmp_path, monkeypatch):
+    """A peak measured while something else ran can be lower than what training then reaches: the next log that
+    would exceed it measures the peak again and keeps the higher one."""
+    from transformers import TrainingArguments
+
+    import postformer.training.trainer as trainer_module
+
+    model = PostformerForCausalLM(tiny_config(**config_token_ids(tokenizer)))
+    trainer = PostformerTrainer(model=model, args=TrainingArguments(str(tmp_path), report_to="none"), peak_flops=1.0)
+    monkeypatch.setattr(trainer_module, "measure_matmul_peak", lambda dtype: 1e15)
+    trainer._sequence_length = 32
+    trainer.state.num_input_tokens_seen = 0
+    trainer.log({"loss": 1.0})
+    trainer.state.num_input_tokens_seen = 10_000
+    logs = {"loss": 1.0}
+    trainer.log(logs)
+    assert trainer.peak_flops == 1e15 and 0 < logs["mfu"] < 1

@@ -9,7 +9,6 @@ import json
 import re
 from pathlib import Path
 
-import torch
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
 from ..data import load_posts
@@ -20,7 +19,13 @@ from .arguments import MODEL_FIELDS, PostformerTrainingArguments, PretrainArgume
 from .data import pack_posts, tokens_per_character
 from ..progress import progress_bars
 from ..saving import check_output_folder, staged_save, write_text
-from .trainer import PostformerTrainer, SampleGenerationCallback, flops_per_token, measure_matmul_peak
+from .trainer import (
+    PostformerTrainer,
+    SampleGenerationCallback,
+    compute_dtype,
+    flops_per_token,
+    measure_matmul_peak,
+)
 
 class TrainingInterrupted(Exception):
     """Training was stopped with Ctrl-C (KeyboardInterrupt) at `step`; the checkpoints written so far are kept."""
@@ -113,7 +118,7 @@ def _train(config: PretrainArguments, args: PostformerTrainingArguments) -> dict
     set_seed(args.seed)  # the initial weights depend on the seed alone, so runs are reproducible
     model = PostformerForCausalLM(model_config)
     model.generation_config = posts_generation_config(tokenizer)  # saved as the folder's generation_config.json
-    peak = measure_matmul_peak(torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32)
+    peak = measure_matmul_peak(compute_dtype(args))
     if args.should_save:
         print(run_summary(config, args, posts, tokenizer, model, len(train_blocks), peak))
     trainer = PostformerTrainer(

@@ -50,6 +50,11 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, re
     return 2 * size**3 / best
 
 
+def compute_dtype(args) -> torch.dtype:
+    """The dtype the matrix multiplies of a run with these TrainingArguments run in (MFU's yardstick)."""
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+
+
 def flops_per_token(model: nn.Module, sequence_length: int) -> float:
     """Training FLOPs per token (forward + backward): 6 per parameter (tied embeddings count once, for the LM
     head's matmul) plus attention's 12 * layers * hidden * sequence length (PaLM, appendix B)."""
@@ -108,19 +113,16 @@ class PostformerTrainer(Trainer):
                 tokens_per_second = (seen - self._last_log[1]) / (now - self._last_log[0])
                 logs["tokens_per_second"] = tokens_per_second
                 if self.peak_flops is None:
-                    self.peak_flops = measure_matmul_peak(self._peak_dtype())
+                    self.peak_flops = measure_matmul_peak(compute_dtype(self.args))
                     now = time.perf_counter()  # do not count the measurement as training time
                 flops = flops_per_token(self.model, self._sequence_length)
                 if tokens_per_second * flops > self.peak_flops:
                     # The peak was measured while something else slowed the machine: measure again, keep the best.
-                    self.peak_flops = max(self.peak_flops, measure_matmul_peak(self._peak_dtype()))
+                    self.peak_flops = max(self.peak_flops, measure_matmul_peak(compute_dtype(self.args)))
                     now = time.perf_counter()
                 logs["mfu"] = tokens_per_second * flops / self.peak_flops
             self._last_log = (now, seen)
         super().log(logs, start_time)
-
-    def _peak_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # A checkpoint holds a tied LM head once, under the embedding's name (safetensors stores no aliases), so on
