@@ -163,8 +163,10 @@ def test_flops_per_token_formula(tokenizer):
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path, monkeypatch, capsys):
-    common = dict(max_steps=30, eval_steps=10, save_steps=10, logging_steps=1, sample_prompts=[], hidden_dropout=0.1)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_interrupted_run_resumes_to_the_same_weights_and_loss_curve(tmp_path, monkeypatch, capsys, optimizer):
+    common = dict(max_steps=30, eval_steps=10, save_steps=10, logging_steps=1, sample_prompts=[], hidden_dropout=0.1,
+                  optimizer=optimizer)
     train(*options(output_dir=str(tmp_path / "reference"), **{**TINY, **common}))
 
     original_step = PostformerTrainer.training_step
@@ -371,3 +373,33 @@ def test_mfu_never_exceeds_one_when_the_peak_was_measured_on_a_busy_machine(toke
     logs = {"loss": 1.0}
     trainer.log(logs)
     assert trainer.peak_flops == 1e15 and 0 < logs["mfu"] < 1
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tokenizer, tmp_path):
+    from postformer.training.arguments import training_arguments
+    from postformer.training.trainer import CombinedOptimizer
+
+    model = PostformerForCausalLM(tiny_config(**config_token_ids(tokenizer), position_embedding_type="learned"))
+    args = training_arguments("train", output_dir=str(tmp_path), optimizer="muon", muon_learning_rate=0.05,
+                              weight_decay=0.1, eval_strategy="no")
+    optimizer = PostformerTrainer(model=model, args=args).create_optimizer()
+    assert isinstance(optimizer, CombinedOptimizer) and set(optimizer.optimizers) == {"adamw", "muon"}
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for group in optimizer.optimizers["muon"].param_groups for p in group["params"]}
+    adamw = {names[id(p)]: group["weight_decay"] for group in optimizer.optimizers["adamw"].param_groups
+             for p in group["params"]}
+    assert isinstance(optimizer.optimizers["muon"], torch.optim.Muon)
+    assert muon == {f"model.layers.{i}.{m}.weight" for i in range(2)
+                    for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                              "mlp.up_proj", "mlp.down_proj")}
+    assert set(adamw) == set(names.values()) - muon  # embeddings (tied head), positions, norms, biases
+    assert all(decay == 0.0 for decay in adamw.values())  # none of them is a decayed matrix
+    assert [g["lr"] for g in optimizer.optimizers["muon"].param_groups] == [0.05]
+    # One step moves both kinds; the scheduler sees every group of both optimizers.
+    assert len(optimizer.param_groups) == len(optimizer.optimizers["adamw"].param_groups) + 1
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(4, 300, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert "model.layers.0.mlp.up_proj.weight" in changed and "model.embed_tokens.weight" in changed

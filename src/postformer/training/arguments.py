@@ -43,6 +43,12 @@ class PostformerTrainingArguments(TrainingArguments):
         "training precision: fp32, or mixed precision bf16 / fp16 (a shorthand for --bf16 / --fp16)"))
     tensorboard: bool = field(default=False, metadata=_help("log to TensorBoard (a shorthand for --report_to "
                                                              "tensorboard; needs the tensorboard package)"))
+    optimizer: Literal["adamw", "muon"] = field(default="adamw", metadata=_help(
+        "adamw: Trainer's optimizer (--optim) for every parameter; muon: torch.optim.Muon for the hidden weight "
+        "matrices (the 2-D weights inside the blocks) and --optim for embeddings, LM head, norms and biases"))
+    muon_learning_rate: float = field(default=0.02, metadata=_help(
+        "peak learning rate of Muon's matrices (--learning_rate stays that of the AdamW part)"))
+    muon_momentum: float = field(default=0.95, metadata=_help("Muon's momentum (Nesterov)"))
     # TrainingArguments fields with other defaults or an earlier flag name
     per_device_train_batch_size: int = field(default=8, metadata=_help(
         "sequences (blocks or posts) per step and process", "--batch-size", "--batch_size"))
@@ -64,6 +70,8 @@ class PostformerTrainingArguments(TrainingArguments):
         "under torchrun instead of one job per process)"))
 
     def __post_init__(self):
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
         if self.precision not in (None, "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.precision is not None:

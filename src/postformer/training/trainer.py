@@ -63,6 +63,42 @@ def flops_per_token(model: nn.Module, sequence_length: int) -> float:
     return 6 * n_params + 12 * config.num_hidden_layers * config.hidden_size * sequence_length
 
 
+def muon_parameter_names(model: nn.Module) -> list[str]:
+    """What Muon trains: the hidden weight matrices, i.e. the trainable 2-D parameters that are neither an
+    embedding nor the LM head (Muon orthogonalises updates of matrices that map hidden states to hidden states)."""
+    outside = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        outside.add(id(head.weight))
+    return [n for n, p in model.named_parameters() if p.requires_grad and p.ndim == 2 and id(p) not in outside]
+
+
+class CombinedOptimizer(torch.optim.Optimizer):
+    """Several optimizers stepped as one, for Trainer's single optimizer and scheduler: `param_groups` is the list of
+    their groups (the same dicts), so the scheduler scales each group's learning rate in its own optimizer, and
+    the state dict holds each one's state, so resuming restores them all."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        params = [p for optimizer in optimizers.values() for group in optimizer.param_groups for p in group["params"]]
+        super().__init__(params, {})
+        self.param_groups = [group for optimizer in optimizers.values() for group in optimizer.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state_dict[name])
+
+
 class PostformerTrainer(Trainer):
     """A `transformers.Trainer` for Postformer language models.
 
@@ -90,6 +126,29 @@ class PostformerTrainer(Trainer):
             for name, param in model.named_parameters()
             if param.ndim >= 2 and id(param) not in embeddings
         ]
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer (--optim, with matrix-only decay), or with `optimizer="muon"` Muon for the hidden
+        weight matrices beside it: transformers' `optim` has no Muon, so this is where it comes in."""
+        if self.optimizer is not None or getattr(self.args, "optimizer", "adamw") != "muon":
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        matrices = set(muon_parameter_names(model))
+        muon = torch.optim.Muon(
+            [p for n, p in model.named_parameters() if n in matrices],
+            lr=self.args.muon_learning_rate, momentum=self.args.muon_momentum, weight_decay=self.args.weight_decay,
+        )
+        # The rest through Trainer's own optimizer: the parameters Muon takes are frozen while it builds it.
+        frozen = [p for n, p in model.named_parameters() if n in matrices]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            adamw = super().create_optimizer(model)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        self.optimizer = CombinedOptimizer({"adamw": adamw, "muon": muon})
+        return self.optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._sequence_length = inputs["input_ids"].shape[-1]
