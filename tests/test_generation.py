@@ -319,3 +319,14 @@ def test_compiled_generation_options_turn_on_compilation_on_the_cpu(loaded):
     cache = StaticCache(config=model.config, max_cache_len=8)
     assert model.device.type == "cpu" and model._valid_auto_compile_criteria({"cache": cache}, config)
     assert not model._valid_auto_compile_criteria({"cache": cache}, GenerationConfig(compile_config=CompileConfig()))
+
+
+def test_ctrl_c_is_one_line_and_exit_130(model_dir, monkeypatch, capsys):
+    import postformer.generation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(postformer.generation, "generate_posts", interrupted)
+    assert cli(["generate", "--model", str(model_dir), "--quiet", "hello"]) == 130
+    assert capsys.readouterr().err.strip() == "postformer generate: interrupted"

@@ -600,6 +600,9 @@ def main(argv=None) -> int:
             print(f"\npostformer {args.command}: interrupted at step {interrupted.step}; resume with: "
                   f"postformer {shlex.join(again)}", file=sys.stderr)
             return 130
+        except KeyboardInterrupt:  # Ctrl-C elsewhere: one line, the usual exit status, no traceback
+            print(f"\npostformer {args.command}: interrupted", file=sys.stderr)
+            return 130
         except USER_ERRORS as error:
             print(f"postformer {args.command}: error: {error}", file=sys.stderr)
             return 2
