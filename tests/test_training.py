@@ -403,3 +403,15 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tokenizer, tmp_path):
     optimizer.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert "model.layers.0.mlp.up_proj.weight" in changed and "model.embed_tokens.weight" in changed
+
+
+def test_default_run_options_are_those_of_earlier_versions():
+    """The default job's numbers in the README (and saved configs) depend on these: seed 0 included (transformers'
+    own default is 42)."""
+    job, args = command_arguments("train")
+    assert (job.preset, job.vocab_size, job.block_size, job.max_eval_posts) == ("small", 8192, 128, 300)
+    assert (args.seed, args.data_seed, args.max_steps, args.per_device_train_batch_size) == (0, 0, 300, 16)
+    assert (args.learning_rate, args.weight_decay, args.warmup_steps, args.lr_scheduler_type.value) == (
+        2e-3, 0.1, 30, "cosine")
+    assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.max_grad_norm) == (0.9, 0.999, 1e-8, 1.0)
+    assert (args.eval_steps, args.save_steps, args.save_total_limit, args.logging_steps) == (100, 100, 2, 10)

@@ -50,6 +50,8 @@ class PostformerTrainingArguments(TrainingArguments):
         "peak learning rate of Muon's matrices (--learning_rate stays that of the AdamW part)"))
     muon_momentum: float = field(default=0.95, metadata=_help("Muon's momentum (Nesterov)"))
     # TrainingArguments fields with other defaults or an earlier flag name
+    seed: int = field(default=0, metadata=_help(
+        "random seed of the run: initial weights, data order, dropout (and --data_seed unless given)"))
     per_device_train_batch_size: int = field(default=8, metadata=_help(
         "sequences (blocks or posts) per step and process", "--batch-size", "--batch_size"))
     per_device_eval_batch_size: int | None = field(default=None, metadata=_help(
