@@ -33,6 +33,8 @@ POSITION_OPTIONS = [
     pytest.param(dict(position_embedding_type="rope", use_relative_position=True), id="rope+relative"),
     pytest.param(dict(num_key_value_heads=1), id="gqa-1kv"),
     pytest.param(dict(num_key_value_heads=2, use_relative_position=True), id="gqa-2kv+relative"),
+    pytest.param(dict(qk_norm=True, hidden_act="relu2", tie_word_embeddings=False, num_key_value_heads=2),
+                 id="qk-norm+relu2+untied"),
 ]
 
 
@@ -562,3 +564,84 @@ def test_lm_head_without_gradients_equals_nn_linear():
     with torch.no_grad():
         torch.testing.assert_close(model.lm_head(hidden), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.lm_head(hidden), expected, rtol=0, atol=0)  # with gradients: nn.Linear itself
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Options from the small-model speed-run literature (off by default; measured in benchmarks/bench_recipe.py)
+
+
+def test_qk_norm_is_rms_normalised_queries_and_keys_before_rotary():
+    config = tiny_config(qk_norm=True)
+    model = PostformerForCausalLM(config).eval()
+    attention = model.model.layers[0].self_attn
+    with torch.no_grad():
+        attention.q_norm.weight.uniform_(0.5, 1.5)
+        attention.k_norm.weight.uniform_(0.5, 1.5)
+    hidden = torch.randn(2, 6, 32)
+    cos, sin = model.model.rotary_emb(hidden, torch.arange(6)[None])
+    captured = {}
+
+    def capture(module, query, key, value, attention_mask, **kwargs):
+        captured["q"], captured["k"] = query, key
+        return torch.zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3]), None
+
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("test_capture_qk", capture)
+    model.set_attn_implementation("test_capture_qk")
+    with torch.no_grad():
+        attention(hidden, position_embeddings=(cos, sin))
+    def rms_norm(x, weight):  # the formula: x / sqrt(mean(x^2) + eps) * weight, over each head's dimensions
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + config.layer_norm_eps) * weight
+
+    from postformer.modeling.modeling_postformer import apply_rotary
+
+    with torch.no_grad():
+        q = attention.q_proj(hidden).view(2, 6, 4, 8).transpose(1, 2)
+        k = attention.k_proj(hidden).view(2, 6, 4, 8).transpose(1, 2)
+        expected_q = apply_rotary(rms_norm(q, attention.q_norm.weight), cos, sin)
+        expected_k = apply_rotary(rms_norm(k, attention.k_norm.weight), cos, sin)
+    torch.testing.assert_close(captured["q"], expected_q)
+    torch.testing.assert_close(captured["k"], expected_k)
+    assert PostformerForCausalLM(tiny_config()).model.layers[0].self_attn.q_norm is None  # off by default
+
+
+def test_relu2_feed_forward_is_relu_squared():
+    model = PostformerForCausalLM(tiny_config(hidden_act="relu2"))
+    mlp = model.model.layers[0].mlp
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), mlp.down_proj(torch.relu(mlp.up_proj(x)) ** 2))
+
+
+def test_zero_initialised_output_projections_make_every_block_the_identity():
+    model = PostformerForCausalLM(tiny_config(zero_init_output_projections=True)).eval()
+    for layer in model.model.layers:
+        for projection in (layer.self_attn.o_proj, layer.mlp.down_proj):
+            assert torch.count_nonzero(projection.weight) == 0 and torch.count_nonzero(projection.bias) == 0
+    ids = random_ids(2, 7)
+    with torch.no_grad():
+        hidden = model.model(ids, output_hidden_states=True).hidden_states
+    for before, after in zip(hidden[:-2], hidden[1:-1]):  # each block adds nothing at initialisation
+        torch.testing.assert_close(before, after)
+    default = PostformerForCausalLM(tiny_config())
+    assert torch.count_nonzero(default.model.layers[0].mlp.down_proj.weight) > 0
+
+
+def test_untied_head_has_its_own_weights_and_saves_them(tmp_path):
+    model = PostformerForCausalLM(tiny_config(tie_word_embeddings=False))
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    ids = random_ids(2, 7)
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert model.lm_head.weight.grad is not None and model.model.embed_tokens.weight.grad is not None
+    model.save_pretrained(tmp_path)
+    reloaded = PostformerForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.lm_head.weight, model.lm_head.weight)
+    assert reloaded.lm_head.weight.data_ptr() != reloaded.model.embed_tokens.weight.data_ptr()
+
+
+def test_speed_run_options_are_validated():
+    with pytest.raises(ValueError, match="hidden_act must be one of gelu, gelu_new, gelu_pytorch_tanh, relu, relu2, silu"):
+        tiny_config(hidden_act="swish2")
+    with pytest.raises(ValueError, match="qk_norm must be True or False"):
+        tiny_config(qk_norm="yes")

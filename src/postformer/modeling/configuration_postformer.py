@@ -9,6 +9,8 @@ from transformers import PretrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 POSITION_EMBEDDING_TYPES = ("rope", "sinusoidal", "learned", "none")
+# relu2 is ReLU squared (x -> max(x, 0)^2), from the small-model speed-run literature
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "relu2", "silu")
 
 # The original design's `TransformerConfig` names, and the standard names they map to.
 DESIGN_NAMES = {
@@ -63,6 +65,13 @@ class PostformerConfig(PretrainedConfig):
     and the value side, alone or with any absolute scheme. Relative positions need the attention probabilities,
     so they run on the "eager" kernel only.
 
+    Options from the small-model speed-run literature, all off by default (benchmarks/bench_recipe.py measures
+    them): `qk_norm` (RMSNorm of each head's queries and keys before rotary positions, as Qwen3 and OLMo-2),
+    `hidden_act="relu2"` (ReLU squared in the feed-forward), `zero_init_output_projections` (each residual
+    branch's output projection starts at zero, so every block starts as the identity), and
+    `tie_word_embeddings=False` (an LM head of its own). No stock architecture has QK-norm with this block, so a
+    model with it cannot be exported to one.
+
     The design's names are accepted as keyword arguments and readable as attributes (`attribute_map`):
     `d_model` (hidden_size), `d_ff` (intermediate_size), `num_layers` (num_hidden_layers), `num_heads`
     (num_attention_heads), `max_seq_length` (max_position_embeddings), `dropout` (hidden_dropout). Arguments
@@ -108,6 +117,8 @@ class PostformerConfig(PretrainedConfig):
     use_relative_position: bool = False
     max_relative_position: int = 64
     tie_word_embeddings: bool = True
+    qk_norm: bool = False
+    zero_init_output_projections: bool = False
     use_cache: bool = True
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
@@ -193,10 +204,11 @@ class PostformerConfig(PretrainedConfig):
             self.validate_rope()
         if not isinstance(self.use_relative_position, bool):
             raise ValueError(f"use_relative_position must be True or False, got {self.use_relative_position!r}")
-        if self.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu"):
-            raise ValueError(
-                f"hidden_act must be one of gelu, gelu_new, gelu_pytorch_tanh, relu, silu; got {self.hidden_act!r}"
-            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act must be one of {', '.join(ACTIVATIONS)}; got {self.hidden_act!r}")
+        for name in ("qk_norm", "zero_init_output_projections"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and 0 <= value < self.vocab_size):

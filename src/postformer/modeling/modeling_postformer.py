@@ -205,6 +205,10 @@ class PostformerAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size)
         self.o_proj.is_residual_output = True  # scaled at init, see _init_weights
+        # QK-norm: each head's queries and keys RMS-normalised (with a learned scale) before rotary positions,
+        # which bounds the attention logits and tolerates higher learning rates.
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.layer_norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.layer_norm_eps) if config.qk_norm else None
         self.relative_positions = PostformerRelativePositions(config) if config.use_relative_position else None
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -221,6 +225,8 @@ class PostformerAttention(nn.Module):
         query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        if self.q_norm is not None:
+            query_states, key_states = self.q_norm(query_states), self.k_norm(key_states)
         if position_embeddings is not None:  # rotary positions
             query_states = apply_rotary(query_states, *position_embeddings)
             key_states = apply_rotary(key_states, *position_embeddings)
@@ -424,9 +430,13 @@ class PostformerPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module):
         if getattr(module, "is_residual_output", False):
             # GPT-2's scaled init: each residual branch's output projection gets std / sqrt(2 * layers), so
-            # the residual stream's variance does not grow with depth.
-            std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
-            init.normal_(module.weight, mean=0.0, std=std)
+            # the residual stream's variance does not grow with depth; or zero, so that each block starts as the
+            # identity (zero_init_output_projections).
+            if self.config.zero_init_output_projections:
+                init.zeros_(module.weight)
+            else:
+                std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
+                init.normal_(module.weight, mean=0.0, std=std)
             init.zeros_(module.bias)
         else:
             super()._init_weights(module)

@@ -128,6 +128,14 @@ class PretrainArguments:
     max_relative_position: int | None = field(default=None, metadata=_help("clipping distance of relative positions"))
     hidden_dropout: float | None = field(default=None, metadata=_help("dropout on embeddings and residual branches"))
     attention_dropout: float | None = field(default=None, metadata=_help("dropout on attention probabilities"))
+    hidden_act: Literal["gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "relu2", "silu"] | None = field(
+        default=None, metadata=_help("feed-forward activation (default: gelu; relu2 is ReLU squared)"))
+    qk_norm: bool | None = field(default=None, metadata=_help(
+        "RMS-normalise each head's queries and keys (default: off; not exportable to a stock architecture)"))
+    zero_init_output_projections: bool | None = field(default=None, metadata=_help(
+        "start each block's output projections at zero, so every block starts as the identity (default: off)"))
+    tie_word_embeddings: bool | None = field(default=None, metadata=_help(
+        "share the token embedding with the LM head (default: on)"))
     block_size: int = field(default=128, metadata=_help("tokens per packed training block"))
     max_eval_posts: int | None = field(default=300, metadata=_help(
         "evaluate on at most this many validation posts (default: 300)"))
@@ -188,7 +196,8 @@ class ClassifierArguments:
 MODEL_FIELDS = (
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "max_position_embeddings", "position_embedding_type", "use_relative_position", "max_relative_position",
-    "hidden_dropout", "attention_dropout",
+    "hidden_dropout", "attention_dropout", "hidden_act", "qk_norm", "zero_init_output_projections",
+    "tie_word_embeddings",
 )
 
 
