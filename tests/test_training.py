@@ -49,6 +49,22 @@ def options(**values):
     return command_arguments("train", **values)
 
 
+def test_extra_callbacks_take_part_in_the_run(tmp_path):
+    from transformers import TrainerCallback
+
+    class CountSteps(TrainerCallback):
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            CountSteps.steps += 1
+            control.should_training_stop = state.global_step == 3  # a callback can stop the run
+
+    train(*options(output_dir=str(tmp_path / "run"), max_steps=10, eval_steps=10, save_steps=10, sample_prompts=[],
+                   **TINY), callbacks=[CountSteps()])
+    assert CountSteps.steps == 3
+    assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["global_step"] == 3
+
+
 def test_tiny_run_validation_loss_falls(tiny_run):
     output, metrics = tiny_run
     history = json.loads((output / "trainer_state.json").read_text())["log_history"]

@@ -70,14 +70,15 @@ def build_model_config(config: PretrainArguments, tokenizer) -> PostformerConfig
     return model_config
 
 
-def train(config: PretrainArguments, args: PostformerTrainingArguments) -> dict:
+def train(config: PretrainArguments, args: PostformerTrainingArguments, callbacks=()) -> dict:
     """Run training as configured (`config`: the data, tokenizer and model; `args`: the Trainer's options); return
-    the final metrics (also written to metrics.json). `args.quiet`: no progress bars, the libraries' included."""
+    the final metrics (also written to metrics.json). `args.quiet`: no progress bars, the libraries' included.
+    `callbacks`: more `TrainerCallback`s for the run (benchmarks time steps or stop at a budget this way)."""
     with progress_bars(not args.quiet):
-        return _train(config, args)
+        return _train(config, args, list(callbacks))
 
 
-def _train(config: PretrainArguments, args: PostformerTrainingArguments) -> dict:
+def _train(config: PretrainArguments, args: PostformerTrainingArguments, callbacks: list) -> dict:
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "eval_steps", "save_steps",
                  "logging_steps"):
         value = getattr(args, name)
@@ -130,7 +131,7 @@ def _train(config: PretrainArguments, args: PostformerTrainingArguments) -> dict
         processing_class=tokenizer,
         tokens_per_character=tokens_per_character(posts["validation"], tokenizer),
         peak_flops=peak,
-        callbacks=[SampleGenerationCallback(tokenizer, config.sample_prompts)],
+        callbacks=[SampleGenerationCallback(tokenizer, config.sample_prompts), *callbacks],
     )
     if args.should_save:
         write_text(output_dir / "training_config.json", json.dumps(run_record(config, args), indent=2) + "\n")

@@ -1,0 +1,238 @@
+"""Recipe benchmark: how much a training recipe learns per CPU-minute, on posts.
+
+Each row trains one configuration of `postformer train` (the arguments of `command_arguments("train", ...)`)
+for a fixed wall-clock budget on this machine and reports validation bits per character (per post, "<s> post
+</s>", `postformer.evaluation.evaluate_posts`): on the bundled validation split (500 posts) and, when
+`../shared/data/posts` exists, on the full corpus's validation split (1,491 posts from 66 pages). Budgets are
+wall-clock minutes of training on a quiet machine; each result also records the tokens seen and the steps, so
+runs on a noisy or faster machine can be compared by tokens.
+
+A budget becomes a step count before the run, so the learning-rate schedule completes inside it: a short
+calibration run of the same configuration measures seconds per step (after warm-up), and the real run gets
+`max_steps = budget / seconds per step`. A callback also stops a run that overshoots the budget by 15%.
+
+Rows: today's recipe first, then ablations at the 2-minute budget (each the baseline with one change; median of
+3 seeds), then the preset trade-off and the final recipe at 10 and 30 minutes (one seed). Each row is written to
+recipe.json (and recipe.md) as soon as it finishes; a rerun skips rows already there (`--force` reruns them),
+`--only NAME ...` runs the named rows, `--list` lists them.
+
+    python benchmarks/bench_recipe.py --list
+    python benchmarks/bench_recipe.py --only baseline muon      # ~15 minutes
+    python benchmarks/bench_recipe.py                           # every row: about 3 hours on 2 cores
+
+Rows that train on the full corpus are skipped when `../shared/data/posts` is absent. The bundled sample's 4,000
+training posts come from the same corpus, so the full-corpus rows are judged on the full corpus's own
+validation split (its posts are not in its train split); their bundled-split figure may include posts they
+trained on and is reported for reference only.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import TrainerCallback
+
+from postformer.data import load_posts_split
+from postformer.evaluation import evaluate_posts
+from postformer.model_files import load_model
+from postformer.progress import progress_bars
+from postformer.training import train
+from postformer.training.arguments import command_arguments
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FULL_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "posts"
+CALIBRATION_STEPS = 12  # the first 4 are warm-up
+SEEDS = (0, 1, 2)
+
+# name -> (budget in minutes, data: "bundled" or "full", seeds, options on top of the default job, what it tests)
+ROWS = {
+    "baseline": (2, "bundled", SEEDS, {}, "today's recipe: the default `postformer train`"),
+    "no-dropout": (2, "bundled", SEEDS, dict(hidden_dropout=0.0, attention_dropout=0.0),
+                   "no dropout (data is seen about once)"),
+    "muon": (2, "bundled", SEEDS, dict(optimizer="muon"), "Muon for the hidden matrices, AdamW for the rest"),
+    "lr-1e-3": (2, "bundled", SEEDS, dict(learning_rate=1e-3), "half the peak learning rate"),
+    "lr-4e-3": (2, "bundled", SEEDS, dict(learning_rate=4e-3), "twice the peak learning rate"),
+    "wsd": (2, "bundled", SEEDS, dict(lr_scheduler_type="warmup_stable_decay", decay_fraction=0.2),
+            "warm-up, stable, then decay over the last 20% (instead of cosine)"),
+    "batch-8": (2, "bundled", SEEDS, dict(batch_size=8), "8 blocks per step (more, smaller steps)"),
+    "batch-32": (2, "bundled", SEEDS, dict(batch_size=32), "32 blocks per step"),
+    "block-64": (2, "bundled", SEEDS, dict(block_size=64), "64-token blocks"),
+    "block-256": (2, "bundled", SEEDS, dict(block_size=256, max_position_embeddings=256), "256-token blocks"),
+    "qk-norm": (2, "bundled", SEEDS, dict(qk_norm=True), "QK-norm"),
+    "relu2": (2, "bundled", SEEDS, dict(hidden_act="relu2"), "ReLU-squared feed-forward"),
+    "zero-init": (2, "bundled", SEEDS, dict(zero_init_output_projections=True), "zero-initialised output projections"),
+    "untied": (2, "bundled", SEEDS, dict(tie_word_embeddings=False), "an LM head of its own"),
+    "vocab-4096": (2, "bundled", SEEDS, dict(vocab_size=4096), "tokenizer of 4,096 tokens"),
+    "vocab-16384": (2, "bundled", SEEDS, dict(vocab_size=16384), "tokenizer of 16,384 tokens"),
+    "medium-2min": (2, "bundled", SEEDS, dict(preset="medium"), "the medium preset at the same budget"),
+    "small-10min": (10, "full", (0,), dict(preset="small"), "preset trade-off at 10 minutes"),
+    "medium-10min": (10, "full", (0,), dict(preset="medium"), "preset trade-off at 10 minutes"),
+    "large-10min": (10, "full", (0,), dict(preset="large"), "preset trade-off at 10 minutes"),
+    "small-30min": (30, "full", (0,), dict(preset="small"), "preset trade-off at 30 minutes"),
+    "medium-30min": (30, "full", (0,), dict(preset="medium"), "preset trade-off at 30 minutes"),
+    "large-30min": (30, "full", (0,), dict(preset="large"), "preset trade-off at 30 minutes"),
+}
+
+
+class StopAtBudget(TrainerCallback):
+    """Stops training once `seconds` of training wall time have passed (a safety net: the step count is already
+    sized to the budget)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.start > self.seconds:
+            control.should_training_stop = True
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter())
+
+
+def options_for(data: str, seed: int, output_dir: Path, row_options: dict, **more) -> dict:
+    row_options = dict(row_options)
+    decay_fraction = row_options.pop("decay_fraction", None)  # WSD's decay steps, as a share of the run's steps
+    options = dict(output_dir=str(output_dir), seed=seed, quiet=True, sample_prompts=[], eval_strategy="no",
+                   save_strategy="no", logging_steps=50, report_to="none", **row_options, **more)
+    if decay_fraction is not None:
+        steps = options.get("max_steps", 300)
+        options["lr_scheduler_kwargs"] = {"num_decay_steps": max(1, int(decay_fraction * steps))}
+    if data == "full":
+        options["data"] = str(FULL_CORPUS)
+    return options
+
+
+def seconds_per_step(data: str, row_options: dict, workdir: Path) -> float:
+    """Median seconds per optimisation step of this configuration, after warm-up."""
+    timer = StepTimer()
+    job, args = command_arguments("train", **options_for(data, 0, workdir / "calibration", row_options,
+                                                         max_steps=CALIBRATION_STEPS, warmup_steps=0))
+    train(job, args, callbacks=[timer])
+    steps = [b - a for a, b in zip(timer.times[3:], timer.times[4:])]
+    return statistics.median(steps)
+
+
+def run_row(name: str, workdir: Path, scale: float = 1.0) -> dict:
+    budget, data, seeds, row_options, what = ROWS[name]
+    if scale != 1.0:  # --quick: a smoke run of every code path
+        budget, seeds = budget * scale, seeds[:1]
+    per_step = seconds_per_step(data, row_options, workdir)
+    steps = max(10, int(budget * 60 / per_step))
+    runs = []
+    for seed in seeds:
+        output = workdir / f"{name}-{seed}"
+        job, args = command_arguments("train", **options_for(data, seed, output, row_options, max_steps=steps))
+        start = time.perf_counter()
+        train(job, args, callbacks=[StopAtBudget(budget * 60 * 1.15)])
+        seconds = time.perf_counter() - start
+        state = json.loads((output / "trainer_state.json").read_text())
+        model, tokenizer = load_model(output)
+        run = {"seed": seed, "steps": state["global_step"], "tokens": state["num_input_tokens_seen"],
+               "train_seconds": seconds, "bpc_bundled": bits_per_character(model, tokenizer, None)}
+        if FULL_CORPUS.is_dir():
+            run["bpc_full"] = bits_per_character(model, tokenizer, FULL_CORPUS)
+        runs.append(run)
+        print(f"  {name} seed {seed}: {json.dumps(run)}", flush=True)
+    result = {"budget_minutes": budget, "data": data, "options": row_options, "what": what,
+              "seconds_per_step": per_step, "planned_steps": steps, "runs": runs}
+    for key in ("bpc_bundled", "bpc_full", "tokens", "train_seconds"):
+        values = [run[key] for run in runs if key in run]
+        if values:
+            result[f"median_{key}"] = statistics.median(values)
+    return result
+
+
+def bits_per_character(model, tokenizer, data) -> float:
+    texts = load_posts_split(None if data is None else str(data), "text", "validation")
+    with torch.inference_mode():
+        return evaluate_posts(model, tokenizer, texts, batch_size=16)["bits_per_character"]
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    rows = results["rows"]
+    baseline = rows.get("baseline", {}).get("median_bpc_bundled")
+    lines = [
+        "# Recipe benchmark: validation bits per character per CPU budget",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"Machine: {results['machine']}",
+        "",
+        "Medians over the seeds of each row (2-minute rows: 3 seeds). bpc: bits per character on the bundled "
+        "validation split (500 posts) and on the full corpus's validation split (1,491 posts; — when "
+        "../shared/data/posts is absent). Change: against the baseline row, bundled split (negative is better).",
+        "",
+        "| row | budget | data | what | steps | tokens | bpc bundled | change | bpc full |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ROWS:
+        if name not in rows:
+            continue
+        row = rows[name]
+        bpc = row.get("median_bpc_bundled")
+        change = f"{(bpc / baseline - 1) * 100:+.1f}%" if baseline and bpc and name != "baseline" else ""
+        full = f"{row['median_bpc_full']:.3f}" if "median_bpc_full" in row else "—"
+        lines.append(f"| {name} | {row['budget_minutes']} min | {row['data']} | {row['what']} | "
+                     f"{row['planned_steps']} | {row['median_tokens']:,.0f} | {bpc:.3f} | {change} | {full} |")
+    missing = [name for name in ROWS if name not in rows]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)}."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(ROWS), help="run these rows only")
+    parser.add_argument("--force", action="store_true", help="rerun rows that already have results")
+    parser.add_argument("--list", action="store_true", help="list the rows and exit")
+    parser.add_argument("--output-dir", type=Path, help=f"where recipe.json/.md go (default: {RESULTS})")
+    parser.add_argument("--quick", action="store_true", help="smoke run: budgets x 0.05, one seed, results in a "
+                        "temporary folder unless --output-dir is given (numbers mean nothing)")
+    cli = parser.parse_args()
+    if cli.output_dir is None:
+        cli.output_dir = Path(tempfile.mkdtemp(prefix="recipe-quick-")) if cli.quick else RESULTS
+    if cli.list:
+        for name, (budget, data, seeds, options, what) in ROWS.items():
+            print(f"{name:14} {budget:>3} min  {data:7}  seeds {list(seeds)}  {what}  {options}")
+        return
+    json_path, md_path = cli.output_dir / "recipe.json", cli.output_dir / "recipe.md"
+    results = json.loads(json_path.read_text()) if json_path.is_file() else {"rows": {}}
+    results["command"] = "python " + " ".join(sys.argv)
+    results["machine"] = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+                          f"{torch.__version__}, transformers {transformers.__version__}, "
+                          f"{datetime.now(timezone.utc).isoformat(timespec='minutes')}")
+    for name in cli.only or list(ROWS):
+        if name in results["rows"] and not cli.force:
+            print(f"{name}: done already (--force reruns it)")
+            continue
+        if ROWS[name][1] == "full" and not FULL_CORPUS.is_dir():
+            print(f"{name}: skipped, {FULL_CORPUS} is absent")
+            continue
+        print(f"{name}: {ROWS[name][4]} ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-recipe-") as tmp, progress_bars(False):
+            results["rows"][name] = run_row(name, Path(tmp), 0.05 if cli.quick else 1.0)
+        cli.output_dir.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        write_markdown(results, md_path)
+    print(md_path.read_text() if md_path.is_file() else "no results")
+
+
+if __name__ == "__main__":
+    main()
