@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompts", nargs="*", metavar="PROMPT",
                      help="text to continue; '' starts a new post (default: --prompts-file, else one prompt per "
                      "line on stdin when it is not a terminal, else a new post)")
-    gen.add_argument("--model", required=True, help="folder holding the model and its tokenizer (save_pretrained), or a Hub repo id")
+    gen.add_argument("--model", required=True,
+                     help="folder holding the model and its tokenizer (save_pretrained), or a Hub repo id")
     gen.add_argument("--prompts-file", "--file", help="file with one prompt per line")
     gen.add_argument("--max-new-tokens", type=int, default=60, help="tokens to generate at most (default: 60)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0 (default: 1.0)")
@@ -463,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
         "across the layers with --head alone, else a grid of every layer and head. Layers and heads are "
         "numbered from 0. Needs matplotlib (pip install 'postformer[extras]').",
     )
-    att.add_argument("--model", required=True, help="folder holding the model and its tokenizer (save_pretrained), or a Hub repo id")
+    att.add_argument("--model", required=True,
+                     help="folder holding the model and its tokenizer (save_pretrained), or a Hub repo id")
     att.add_argument("--text", required=True, help="the post, encoded as a post: <s> then the text")
     att.add_argument("--output", required=True, help="PNG file to write (missing folders are made)")
     att.add_argument("--layer", type=int, help="layer to draw, from 0 (default: all layers)")
@@ -511,8 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = commands.add_parser(
         "upgrade-adapter", help="rewrite a Postformer 0.1 LoRA adapter (fused qkv_proj) for q_proj/k_proj/v_proj",
         description="LoRA adapters trained on Postformer 0.1 target its fused qkv_proj, which models no longer "
-        "have (PEFT then says the target module is not found). This writes an equivalent adapter for the separate "
-        "q_proj, k_proj and v_proj.",
+        "have: PEFT loads such an adapter without an error but drops its qkv_proj weights. This writes an "
+        "equivalent adapter for the separate q_proj, k_proj and v_proj.",
     )
     upgrade.add_argument("adapter", help="the old adapter folder (adapter_config.json, adapter_model.safetensors)")
     upgrade.add_argument("--output-dir", required=True, help="folder to write the upgraded adapter to")
@@ -545,22 +547,26 @@ def _show_warning(command: str, show_default):
 
 def _expand_config(parser, argv: list[str]) -> list[str]:
     """`COMMAND --config FILE ...`: the file's options as flags placed before the command line's, which win."""
-    if "--config" not in argv or not argv or argv[0] not in _training_commands(parser):
+    command = _training_commands(parser).get(argv[0]) if argv else None
+    if command is None or "--config" not in argv:
         return argv
     from .training.arguments import config_file_arguments
 
     at = argv.index("--config")
     if at + 1 >= len(argv):
         return argv  # argparse reports the missing value
-    command = _training_commands(parser)[argv[0]]
     return [argv[0], *config_file_arguments(argv[at + 1], command), *argv[1:at], *argv[at + 2 :]]
+
+
+def _commands(parser) -> dict:
+    """Each subcommand's name and parser."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
 def _training_commands(parser) -> dict:
     from .training.arguments import JOB_ARGUMENTS
 
-    choices = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    return {name: choices[name] for name in JOB_ARGUMENTS}
+    return {name: _commands(parser)[name] for name in JOB_ARGUMENTS}
 
 
 def _parse(parser, argv: list[str]):
@@ -569,7 +575,7 @@ def _parse(parser, argv: list[str]):
 
     args, extras = parser.parse_known_args(argv)
     if extras:
-        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        command = _commands(parser)[args.command]
         options = [o for o in command._option_string_actions if o.startswith("--")]
         hints = []
         for extra in extras:
