@@ -8,8 +8,12 @@ wall-clock minutes of training on a quiet machine; each result also records the 
 runs on a noisy or faster machine can be compared by tokens.
 
 A budget becomes a step count before the run, so the learning-rate schedule completes inside it: a short
-calibration run of the same configuration measures seconds per step (after warm-up), and the real run gets
-`max_steps = budget / seconds per step`. A callback also stops a run that overshoots the budget by 15%.
+calibration run of the configuration measures seconds per step (the mean over 40 steps after 5 of warm-up), and
+the run gets `max_steps = budget / seconds per step`. Calibrations of separate rows vary by 10-15% on a shared
+machine, so the 2-minute ablations are all sized from the baseline row's steps instead: a row that changes
+nothing a step costs (learning rate, schedule, initialisation) trains for the same steps; the others for the
+baseline's steps times the ratio of the two step times, measured back to back. A callback also stops a run
+whose training overshoots the budget by 50% (a machine much slower than at calibration).
 
 Rows: today's recipe first, then ablations at the 2-minute budget (each the baseline with one change; median of
 3 seeds), then the preset trade-off and the final recipe at 10 and 30 minutes (one seed). Each row is written to
@@ -38,6 +42,7 @@ from pathlib import Path
 
 import torch
 import transformers
+import yaml
 from transformers import TrainerCallback
 
 from postformer.data import load_posts_split
@@ -49,11 +54,18 @@ from postformer.training.arguments import command_arguments
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "posts"
-CALIBRATION_STEPS = 12  # the first 4 are warm-up
+CALIBRATION_STEPS, CALIBRATION_WARMUP = 45, 5
 SEEDS = (0, 1, 2)
+
+# The documented 30-minute config, run as `postformer train --config` runs it (where the data and the output go
+# is the benchmark's business).
+EXAMPLE_30MIN = {k: v for k, v in yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "posts-30min.yaml")
+                                                 .read_text()).items() if k not in ("data", "output_dir")}
 
 # name -> (budget in minutes, data: "bundled" or "full", seeds, options on top of the default job, what it tests)
 ROWS = {
+    "main-job-300": (None, "bundled", SEEDS, dict(max_steps=300),
+                     "the main job before this benchmark: `postformer train` as it was, 300 steps (not budget-sized)"),
     "baseline": (2, "bundled", SEEDS, {}, "today's recipe: the default `postformer train`"),
     "no-dropout": (2, "bundled", SEEDS, dict(hidden_dropout=0.0, attention_dropout=0.0),
                    "no dropout (data is seen about once)"),
@@ -72,7 +84,11 @@ ROWS = {
     "untied": (2, "bundled", SEEDS, dict(tie_word_embeddings=False), "an LM head of its own"),
     "vocab-4096": (2, "bundled", SEEDS, dict(vocab_size=4096), "tokenizer of 4,096 tokens"),
     "vocab-16384": (2, "bundled", SEEDS, dict(vocab_size=16384), "tokenizer of 16,384 tokens"),
+    "combined": (2, "bundled", SEEDS, dict(optimizer="muon", hidden_dropout=0.0, attention_dropout=0.0,
+                                           hidden_act="relu2"), "Muon + no dropout + ReLU-squared together"),
     "medium-2min": (2, "bundled", SEEDS, dict(preset="medium"), "the medium preset at the same budget"),
+    "posts-30min": (None, "full", (0,), EXAMPLE_30MIN,
+                    "examples/posts-30min.yaml: the final recipe, 30 minutes on the full corpus"),
     "small-10min": (10, "full", (0,), dict(preset="small"), "preset trade-off at 10 minutes"),
     "medium-10min": (10, "full", (0,), dict(preset="medium"), "preset trade-off at 10 minutes"),
     "large-10min": (10, "full", (0,), dict(preset="large"), "preset trade-off at 10 minutes"),
@@ -94,8 +110,11 @@ class StopAtBudget(TrainerCallback):
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.perf_counter() - self.start > self.seconds:
+        if self.elapsed() > self.seconds:
             control.should_training_stop = True
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
 
 class StepTimer(TrainerCallback):
@@ -125,23 +144,47 @@ def seconds_per_step(data: str, row_options: dict, workdir: Path) -> float:
     job, args = command_arguments("train", **options_for(data, 0, workdir / "calibration", row_options,
                                                          max_steps=CALIBRATION_STEPS, warmup_steps=0))
     train(job, args, callbacks=[timer])
-    steps = [b - a for a, b in zip(timer.times[3:], timer.times[4:])]
-    return statistics.median(steps)
+    times = timer.times[CALIBRATION_WARMUP - 1:]
+    return (times[-1] - times[0]) / (len(times) - 1)
 
 
-def run_row(name: str, workdir: Path, scale: float = 1.0) -> dict:
-    budget, data, seeds, row_options, what = ROWS[name]
-    if scale != 1.0:  # --quick: a smoke run of every code path
-        budget, seeds = budget * scale, seeds[:1]
+# Options that leave the cost of a step unchanged: such a row trains for the baseline's steps.
+COST_NEUTRAL = {"learning_rate", "lr_scheduler_type", "decay_fraction", "warmup_steps", "muon_learning_rate",
+                "zero_init_output_projections"}
+
+
+def planned_steps(name: str, workdir: Path, baseline_steps: int | None, scale: float) -> tuple[int, float | None]:
+    """(steps, seconds per step) for row `name`. A 2-minute ablation gets the baseline's steps times the ratio of
+    the two configurations' step times, measured back to back (baseline, row, baseline, row: a slow spell of the
+    machine shifts both), or the baseline's steps unchanged when it changes nothing a step costs; other rows are
+    sized from their own step time."""
+    budget, data, _, row_options, _ = ROWS[name]
+    if budget is None:  # a fixed step count
+        return max(10, int(row_options["max_steps"] * scale)), None
+    budget *= scale
+    if name != "baseline" and baseline_steps is not None and budget == ROWS["baseline"][0] * scale:
+        if set(row_options) <= COST_NEUTRAL:
+            return baseline_steps, None
+        times = [seconds_per_step(data, options, workdir) for options in (ROWS["baseline"][3], row_options) * 2]
+        ratio = statistics.mean(times[0::2]) / statistics.mean(times[1::2])
+        return max(10, round(baseline_steps * ratio)), statistics.mean(times[1::2])
     per_step = seconds_per_step(data, row_options, workdir)
-    steps = max(10, int(budget * 60 / per_step))
+    return max(10, int(budget * 60 / per_step)), per_step
+
+
+def run_row(name: str, workdir: Path, baseline_steps: int | None, scale: float = 1.0, keep: Path | None = None) -> dict:
+    budget, data, seeds, row_options, what = ROWS[name]
+    steps, per_step = planned_steps(name, workdir, baseline_steps, scale)
+    if scale != 1.0:  # --quick: a smoke run of every code path
+        budget, seeds = (budget and budget * scale), seeds[:1]
+    row_options = {k: v for k, v in row_options.items() if k != "max_steps"}
     runs = []
     for seed in seeds:
-        output = workdir / f"{name}-{seed}"
+        output = (keep or workdir) / f"{name}-{seed}"
         job, args = command_arguments("train", **options_for(data, seed, output, row_options, max_steps=steps))
-        start = time.perf_counter()
-        train(job, args, callbacks=[StopAtBudget(budget * 60 * 1.15)])
-        seconds = time.perf_counter() - start
+        stop = StopAtBudget(float("inf") if budget is None else budget * 60 * 1.5)
+        train(job, args, callbacks=[stop])
+        seconds = stop.elapsed()  # training only: the tokenizer and data preparation are not in the budget
         state = json.loads((output / "trainer_state.json").read_text())
         model, tokenizer = load_model(output)
         run = {"seed": seed, "steps": state["global_step"], "tokens": state["num_input_tokens_seen"],
@@ -150,7 +193,7 @@ def run_row(name: str, workdir: Path, scale: float = 1.0) -> dict:
             run["bpc_full"] = bits_per_character(model, tokenizer, FULL_CORPUS)
         runs.append(run)
         print(f"  {name} seed {seed}: {json.dumps(run)}", flush=True)
-    result = {"budget_minutes": budget, "data": data, "options": row_options, "what": what,
+    result = {"budget_minutes": budget, "data": data, "options": ROWS[name][3], "what": what,
               "seconds_per_step": per_step, "planned_steps": steps, "runs": runs}
     for key in ("bpc_bundled", "bpc_full", "tokens", "train_seconds"):
         values = [run[key] for run in runs if key in run]
@@ -177,7 +220,9 @@ def write_markdown(results: dict, path: Path) -> None:
         "",
         "Medians over the seeds of each row (2-minute rows: 3 seeds). bpc: bits per character on the bundled "
         "validation split (500 posts) and on the full corpus's validation split (1,491 posts; — when "
-        "../shared/data/posts is absent). Change: against the baseline row, bundled split (negative is better).",
+        "../shared/data/posts is absent). Change: against the baseline row, bundled split (negative is better). "
+        "Steps: the median run's; \"N of M\" when runs stopped at the budget's safety net before the planned M "
+        "(their schedule did not finish).",
         "",
         "| row | budget | data | what | steps | tokens | bpc bundled | change | bpc full |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|",
@@ -189,8 +234,11 @@ def write_markdown(results: dict, path: Path) -> None:
         bpc = row.get("median_bpc_bundled")
         change = f"{(bpc / baseline - 1) * 100:+.1f}%" if baseline and bpc and name != "baseline" else ""
         full = f"{row['median_bpc_full']:.3f}" if "median_bpc_full" in row else "—"
-        lines.append(f"| {name} | {row['budget_minutes']} min | {row['data']} | {row['what']} | "
-                     f"{row['planned_steps']} | {row['median_tokens']:,.0f} | {bpc:.3f} | {change} | {full} |")
+        steps = statistics.median(run["steps"] for run in row["runs"])
+        steps = f"{steps:.0f}" if steps == row["planned_steps"] else f"{steps:.0f} of {row['planned_steps']}"
+        budget = "—" if row["budget_minutes"] is None else f"{row['budget_minutes']} min"
+        lines.append(f"| {name} | {budget} | {row['data']} | {row['what']} | "
+                     f"{steps} | {row['median_tokens']:,.0f} | {bpc:.3f} | {change} | {full} |")
     missing = [name for name in ROWS if name not in rows]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
@@ -203,6 +251,8 @@ def main():
     parser.add_argument("--force", action="store_true", help="rerun rows that already have results")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument("--output-dir", type=Path, help=f"where recipe.json/.md go (default: {RESULTS})")
+    parser.add_argument("--keep-models", type=Path, metavar="DIR", help="keep each run's model folder in DIR "
+                        "(as NAME-SEED), e.g. to classify or sample with it")
     parser.add_argument("--quick", action="store_true", help="smoke run: budgets x 0.05, one seed, results in a "
                         "temporary folder unless --output-dir is given (numbers mean nothing)")
     cli = parser.parse_args()
@@ -210,7 +260,7 @@ def main():
         cli.output_dir = Path(tempfile.mkdtemp(prefix="recipe-quick-")) if cli.quick else RESULTS
     if cli.list:
         for name, (budget, data, seeds, options, what) in ROWS.items():
-            print(f"{name:14} {budget:>3} min  {data:7}  seeds {list(seeds)}  {what}  {options}")
+            print(f"{name:14} {budget or '-':>3} min  {data:7}  seeds {list(seeds)}  {what}  {options}")
         return
     json_path, md_path = cli.output_dir / "recipe.json", cli.output_dir / "recipe.md"
     results = json.loads(json_path.read_text()) if json_path.is_file() else {"rows": {}}
@@ -227,7 +277,9 @@ def main():
             continue
         print(f"{name}: {ROWS[name][4]} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-recipe-") as tmp, progress_bars(False):
-            results["rows"][name] = run_row(name, Path(tmp), 0.05 if cli.quick else 1.0)
+            baseline_steps = results["rows"].get("baseline", {}).get("planned_steps")
+            results["rows"][name] = run_row(name, Path(tmp), baseline_steps, 0.05 if cli.quick else 1.0,
+                                            cli.keep_models)
         cli.output_dir.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=2) + "\n")
         write_markdown(results, md_path)

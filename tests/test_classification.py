@@ -108,6 +108,44 @@ def test_the_classifier_starts_from_the_language_model_body(model_dir):
     assert tokenizer.padding_side == "right" and tokenizer.model_max_length == 64
 
 
+def test_mean_pooling_scores_the_mean_of_the_real_tokens_states(model_dir):
+    model, tokenizer = init_classifier(model_dir, ["a", "b", "c"], pooling="mean")
+    assert model.config.classifier_pooling == "mean"
+    model.eval()
+    batch = tokenizer(["a short post", "a somewhat longer post than that one"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+        for row, mask in enumerate(batch["attention_mask"]):
+            states = model.model(input_ids=batch["input_ids"][row:row + 1, mask.bool()]).last_hidden_state
+            torch.testing.assert_close(logits[row], model.score(states.mean(1))[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pooling must be 'last' or 'mean'"):
+        init_classifier(model_dir, ["a", "b"], pooling="max")
+
+
+def test_balanced_class_weights_and_the_weighted_loss():
+    from sklearn.utils.class_weight import compute_class_weight
+    from postformer.classification import _weighted_loss, balanced_class_weights
+
+    labels = [0, 0, 0, 0, 1, 2, 2, 0]
+    weights = balanced_class_weights(labels, 3)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=np.array(labels))
+    torch.testing.assert_close(weights, torch.tensor(expected, dtype=torch.float32))
+    logits, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 2])
+    terms = torch.nn.functional.cross_entropy(logits, target, reduction="none") * weights[target]
+    loss = _weighted_loss(weights)
+    torch.testing.assert_close(loss({"logits": logits}, target), terms.mean())
+    # In an accumulated batch of 10 posts, this part's share of the loss.
+    torch.testing.assert_close(loss({"logits": logits}, target, num_items_in_batch=10), terms.sum() / 10)
+
+
+def test_pooling_and_class_weighting_reach_the_trained_classifier(model_dir, topic_posts, tmp_path):
+    metrics = train_classifier(model_dir, topic_posts, tmp_path / "out", validation_fraction=0.25, pooling="mean",
+                               class_weighting=True, layer_lr_decay=0.5, **{**FAST, "epochs": 1})
+    assert metrics["hyperparameters"]["pooling"] == "mean" and metrics["hyperparameters"]["class_weighting"]
+    model, _ = load_model(tmp_path / "out", "text-classification")
+    assert model.config.classifier_pooling == "mean"
+
+
 def test_a_separable_labelling_is_learned_to_high_held_out_accuracy(trained):
     output, metrics = trained
     assert metrics["labels"] == list(TOPICS)

@@ -10,6 +10,7 @@ from postformer import PostformerForCausalLM
 from postformer.cli import main as cli
 from postformer.generation import (
     compiled_generation_options,
+    find_loop,
     format_generations,
     generate_posts,
     generate_token_ids,
@@ -193,6 +194,40 @@ def test_out_of_range_values_are_refused(loaded, bad, message):
     arguments = {"prompts": ["hello"], "max_new_tokens": 3, **bad}
     with pytest.raises(ValueError, match=message):
         generate_posts(model, tokenizer, **arguments)
+
+
+@pytest.mark.parametrize("ids, loop", [
+    ([5, 6, 7] + [1, 2, 3, 4] * 4, {"period": 4, "repeats": 4, "start": 3}),
+    ([5, 6, 7] + [1, 2, 3, 4] * 4 + [1, 2], {"period": 4, "repeats": 4, "start": 3}),  # ends part-way through
+    ([9] * 20, {"period": 1, "repeats": 20, "start": 0}),
+    ([8, 9] + [1, 2] * 3 + [1, 2] * 3, {"period": 2, "repeats": 6, "start": 2}),  # the shortest unit
+    (list(range(30)), None),
+    ([1, 2] * 5, None),  # 10 tokens: under the 12 a loop must cover
+    ([1, 2, 3, 4, 5] * 2 + [6] * 4, None),  # two repeats only; a run of 4 is too short
+])
+def test_find_loop(ids, loop):
+    assert find_loop(ids) == loop
+
+
+def test_settings_not_given_come_from_the_models_generation_config_then_the_posts_defaults(model_dir, monkeypatch):
+    from postformer.generation import POSTS_SAMPLING, sampling_defaults
+
+    model, tokenizer = load_model(model_dir)
+    model.generation_config.temperature, model.generation_config.no_repeat_ngram_size = 0.5, 2
+    assert sampling_defaults(model) == {**POSTS_SAMPLING, "temperature": 0.5, "no_repeat_ngram_size": 2}
+    seen = {}
+    real_generate = model.generate
+
+    def generate(**options):
+        seen.update(options)
+        return real_generate(**options)
+
+    monkeypatch.setattr(model, "generate", generate)
+    generate_posts(model, tokenizer, ["hi"], max_new_tokens=3, seed=0, top_p=0.8)
+    assert seen["temperature"] == 0.5 and seen["no_repeat_ngram_size"] == 2 and seen["top_p"] == 0.8
+    assert seen["top_k"] == POSTS_SAMPLING["top_k"] and seen["do_sample"] is POSTS_SAMPLING["do_sample"]
+    generate_posts(model, tokenizer, ["hi"], max_new_tokens=3, do_sample=False)
+    assert seen["do_sample"] is False and seen["temperature"] == 1.0  # greedy: no sampling settings reach generate
 
 
 def test_repetition_penalty_changes_greedy_text(loaded):

@@ -10,10 +10,12 @@ import torch
 from huggingface_hub import ModelCard
 from conftest import run_without_postformer, tiny_config
 from safetensors.torch import load_file
+from transformers import GenerationConfig
 
 from postformer import PostformerForCausalLM
 from postformer.cli import main as cli
 from postformer.data import load_posts
+from postformer.generation import POSTS_SAMPLING
 from postformer.tokenization import config_token_ids, train_tokenizer
 from postformer.training import (
     NonFiniteLossError,
@@ -92,10 +94,12 @@ def test_tiny_run_writes_a_hub_ready_folder(tiny_run):
     assert card.data.pipeline_tag == "text-generation" and card.data.license == "mit"
     generation = json.loads((output / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [2, 3] and generation["suppress_tokens"] == [0, 1]  # the posts defaults
+    assert GenerationConfig.from_pretrained(output).to_dict().items() >= POSTS_SAMPLING.items()
     assert "generation stops at `</s>` or `<sep>` (`eos_token_id` [2, 3]); `<pad>` and `<s>` are never generated" \
         in (output / "README.md").read_text()
     samples = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
     assert {s["step"] for s in samples} >= {20, 40, 60} and all(s["prompt"] == "Breaking news:" for s in samples)
+    assert all("loop" in s for s in samples)  # None, or the loop the greedy sample ends in
 
 
 @pytest.mark.slow
@@ -419,6 +423,39 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tokenizer, tmp_path):
     optimizer.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert "model.layers.0.mlp.up_proj.weight" in changed and "model.embed_tokens.weight" in changed
+
+
+def test_layer_lr_decay_scales_each_depth_and_zero_trains_the_head_only(tokenizer, tmp_path):
+    from postformer.training.arguments import training_arguments
+    from postformer.training.trainer import layer_depth
+
+    model = PostformerForCausalLM(tiny_config(**config_token_ids(tokenizer), tie_word_embeddings=False))
+    args = training_arguments("train", output_dir=str(tmp_path), layer_lr_decay=0.5, learning_rate=1e-2,
+                              weight_decay=0.1, eval_strategy="no")
+    optimizer = PostformerTrainer(model=model, args=args).create_optimizer()
+    names = {id(p): n for n, p in model.named_parameters()}
+    group_of = {names[id(p)]: g for g in optimizer.param_groups for p in g["params"]}
+    assert set(group_of) == set(names.values())
+    assert optimizer.param_groups[0]["lr"] == 1e-2  # the head's comes first: the logged rate is --learning_rate
+    for name, group in group_of.items():
+        depth = 0 if "embed" in name else int(name.split(".")[2]) + 1 if ".layers." in name else 3
+        assert layer_depth(name, 2) == depth
+        assert group["lr"] == pytest.approx(1e-2 * 0.5 ** (3 - depth)), name
+        assert group["weight_decay"] == (0.1 if name.endswith("proj.weight") or name == "lm_head.weight" else 0.0)
+    with pytest.raises(ValueError, match="layer_lr_decay must be between 0 and 1"):
+        training_arguments("train", output_dir=str(tmp_path), layer_lr_decay=1.5)
+    with pytest.raises(ValueError, match="adamw only"):
+        training_arguments("train", output_dir=str(tmp_path), layer_lr_decay=0.5, optimizer="muon")
+
+    # 0: a linear probe. One step moves the head and leaves the body as it was.
+    args = training_arguments("train", output_dir=str(tmp_path), layer_lr_decay=0.0, eval_strategy="no")
+    optimizer = PostformerTrainer(model=model, args=args).create_optimizer()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(4, 300, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {n for n in names.values() if layer_depth(n, 2) == 3} and "lm_head.weight" in changed
 
 
 def test_default_run_options_are_those_of_earlier_versions():

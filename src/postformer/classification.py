@@ -1,9 +1,9 @@
 """Posts classification: fine-tune a trained Postformer language model into a sequence classifier, and use it.
 
 `train_classifier` reads a labelled posts file (a text and a label column), puts a new linear head on the
-language model's body (`PostformerForSequenceClassification`, which pools the last real token of a post) and
-fine-tunes the whole model with `PostformerTrainer` (the trainer of `postformer train`, with the same arguments
-class). It reports accuracy and macro-F1 on a held-out split (scikit-learn's metrics: scikit-learn is in
+language model's body (`PostformerForSequenceClassification`, which reads the last real token of a post, or the
+mean over its tokens) and fine-tunes the whole model with `PostformerTrainer` (the trainer of `postformer train`,
+with the same arguments class). It reports accuracy and macro-F1 on a held-out split (scikit-learn's metrics: scikit-learn is in
 postformer's extras), beside the majority-class baseline, and saves a Hub-style folder that
 `AutoModelForSequenceClassification` loads (after `import postformer`, or with `trust_remote_code=True` without it). `classify_posts` labels posts
 with such a folder, through `transformers.pipeline("text-classification")`.
@@ -255,10 +255,13 @@ def _for_classification(tokenizer, config):
     return tokenizer
 
 
-def init_classifier(model_dir, labels: list[str]):
+def init_classifier(model_dir, labels: list[str], pooling: str = "last"):
     """A `PostformerForSequenceClassification` for `labels` on the body of the language model saved in
-    `model_dir` (a folder or Hub id; its weights reused, the score head new), and the model's tokenizer set up for
+    `model_dir` (a folder or Hub id; its weights reused, the score head new), reading the last token or the mean
+    over tokens (`pooling`, the config's `classifier_pooling`), and the model's tokenizer set up for
     classification. The model is loaded by `postformer.model_files.load_model`, which names a damaged folder."""
+    if pooling not in ("last", "mean"):
+        raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
     model, tokenizer = load_model(
         model_dir,
         "text-classification",
@@ -267,6 +270,7 @@ def init_classifier(model_dir, labels: list[str]):
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         problem_type="single_label_classification",
+        classifier_pooling=pooling,
         use_cache=False,  # a classifier reads each post once: no key/value cache to keep
     )
     return model, _for_classification(tokenizer, model.config)
@@ -298,6 +302,24 @@ def _report(labels: list[str], y_true, y_pred, train_counts: Counter) -> dict:
         }
         for i, label in enumerate(labels)
     }
+
+
+def balanced_class_weights(label_ids, num_labels: int) -> torch.Tensor:
+    """scikit-learn's "balanced" class weights: n_posts / (n_labels * count of the label), for each label id."""
+    counts = torch.bincount(torch.as_tensor(label_ids), minlength=num_labels).float()
+    return len(label_ids) / (num_labels * counts.clamp(min=1))
+
+
+def _weighted_loss(weights: torch.Tensor):
+    """Trainer's compute_loss_func: cross-entropy of the pooled logits, each post's term times its label's weight,
+    summed and divided by the posts in the whole (accumulated) batch, so gradient accumulation gives the loss of
+    one large batch, as Trainer's own losses do."""
+    def compute_loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"].float()
+        losses = torch.nn.functional.cross_entropy(logits, labels.to(logits.device), reduction="none")
+        total = (losses * weights.to(logits.device)[labels.to(logits.device)]).sum()
+        return total / (len(labels) if num_items_in_batch is None else num_items_in_batch)
+    return compute_loss
 
 
 def train_classifier(model_dir, data, output_dir, **options) -> dict:
@@ -349,7 +371,7 @@ def _run_classifier(job, args) -> dict:
                                 "skip" if job.skip_bad_lines else "error")
 
     set_seed(args.seed)  # the new head's initial weights depend on the seed alone
-    model, tokenizer = init_classifier(job.model, posts.labels)
+    model, tokenizer = init_classifier(job.model, posts.labels, job.pooling)
     if job.max_length is not None:
         if isinstance(job.max_length, bool) or not isinstance(job.max_length, int) or job.max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2, got {job.max_length!r}")
@@ -364,6 +386,8 @@ def _run_classifier(job, args) -> dict:
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=_compute_metrics,
+        compute_loss_func=_weighted_loss(balanced_class_weights(encoded["train"]["labels"], len(posts.labels)))
+        if job.class_weighting else None,
     )
     train_output = trainer.train()
 
@@ -400,6 +424,7 @@ def _run_classifier(job, args) -> dict:
         epochs=args.num_train_epochs, learning_rate=args.learning_rate, batch_size=args.per_device_train_batch_size,
         weight_decay=args.weight_decay, warmup=args.warmup_steps, max_length=tokenizer.model_max_length,
         seed=args.seed, text_field=job.text_field, label_field=job.label_field, base_model=str(job.model),
+        pooling=job.pooling, class_weighting=job.class_weighting, layer_lr_decay=args.layer_lr_decay,
     )
 
     if args.should_save:

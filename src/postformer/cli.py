@@ -93,9 +93,10 @@ def _generate(args):
         top_k=args.top_k,
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
         num_return_sequences=args.num_return_sequences,
         seed=args.seed,
-        do_sample=not args.greedy,
+        do_sample=False if args.greedy else None,
         streamer=streamer,
         batch_size=args.batch_size,
         compile=args.compile,
@@ -385,10 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder holding the model and its tokenizer (save_pretrained), or a Hub repo id")
     gen.add_argument("--prompts-file", "--file", help="file with one prompt per line")
     gen.add_argument("--max-new-tokens", type=int, default=60, help="tokens to generate at most (default: 60)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0 (default: 1.0)")
-    gen.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens, 0: all (default: 50)")
-    gen.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass, in (0, 1] (default: 0.95)")
-    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default: 1.0)")
+    own = "default: the model's generation config, else postformer's posts settings"
+    gen.add_argument("--temperature", type=float, help=f"sampling temperature, > 0 ({own})")
+    gen.add_argument("--top-k", type=int, help=f"sample from the k likeliest tokens, 0: all ({own})")
+    gen.add_argument("--top-p", type=float, help=f"nucleus sampling mass, in (0, 1] ({own})")
+    gen.add_argument("--repetition-penalty", type=float, help=f"> 1 discourages repeats, 1: off ({own})")
+    gen.add_argument("--no-repeat-ngram-size", type=int, help=f"never repeat an n-gram of this size, 0: off ({own})")
     gen.add_argument("--num-return-sequences", type=int, default=1, help="continuations per prompt (default: 1)")
     gen.add_argument("--seed", type=int, help="random seed: the same seed gives the same text")
     gen.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")

@@ -8,6 +8,10 @@ classes, so no `trust_remote_code` is needed here.
 Prompts are encoded as the tokenizer encodes a post: "<s>" then the text, with no end-of-post, so that the
 model continues it. An empty prompt is just "<s>": the model starts a new post. Generation stops at
 end-of-post ("</s>") or at the separator ("<sep>"), the model's `generation_config.eos_token_id`.
+
+Sampling settings not given take the model's own (its generation_config.json, where `postformer train` writes
+`POSTS_SAMPLING`, so `model.generate` and `pipeline("text-generation")` sample the same way), else
+`POSTS_SAMPLING`: the settings benchmarks/bench_sampling.py found to read most like posts.
 """
 
 import math
@@ -19,6 +23,18 @@ from transformers import CompileConfig, GenerationConfig, TextStreamer, set_seed
 
 from . import modeling  # noqa: F401  (registers the Auto classes)
 from ._text import check_text
+
+# Chosen by benchmarks/bench_sampling.py (results/sampling.md): see the README's "Sampling" section.
+POSTS_SAMPLING = dict(do_sample=True, temperature=1.0, top_k=50, top_p=0.95, repetition_penalty=1.0,
+                      no_repeat_ngram_size=0)
+
+
+def sampling_defaults(model) -> dict:
+    """The sampling settings a model generates with when none are given: those its generation config sets (those
+    that differ from transformers' defaults), the rest from POSTS_SAMPLING."""
+    own = model.generation_config.to_diff_dict()
+    return {name: own.get(name, value) for name, value in POSTS_SAMPLING.items()}
+
 
 def compiled_generation_options() -> dict:
     """`generate` options for the fast path: a static key-value cache (preallocated, fixed shapes) and a decoding
@@ -40,8 +56,8 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_arguments(prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_return_sequences,
-                     seed, do_sample, batch_size):
+def _check_arguments(prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
+                     num_return_sequences, seed, batch_size):
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
     if len(prompts) == 0:
@@ -60,6 +76,8 @@ def _check_arguments(prompts, max_new_tokens, temperature, top_k, top_p, repetit
         raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
     if not _is_number(repetition_penalty) or repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be a number > 0 (1.0 turns it off), got {repetition_penalty!r}")
+    if not _is_int(no_repeat_ngram_size) or no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size must be an integer >= 0 (0 turns it off), got {no_repeat_ngram_size!r}")
     if not _is_int(num_return_sequences) or num_return_sequences < 1:
         raise ValueError(f"num_return_sequences must be an integer >= 1, got {num_return_sequences!r}")
     if seed is not None and not _is_int(seed):
@@ -81,22 +99,28 @@ def generate_token_ids(
     tokenizer,
     prompts: list[str],
     max_new_tokens: int = 60,
-    temperature: float = 1.0,
-    top_k: int = 50,
-    top_p: float = 0.95,
-    repetition_penalty: float = 1.0,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
+    no_repeat_ngram_size: int | None = None,
     num_return_sequences: int = 1,
     seed: int | None = None,
-    do_sample: bool = True,
+    do_sample: bool | None = None,
     streamer=None,
     batch_size: int = 8,
     compile: bool = False,
 ) -> list[list[list[int]]]:
     """What `generate_posts` generates, as token ids: per prompt, per sequence, the new tokens up to and
     including the stop token (end-of-post or separator) when one was generated, without padding.
-    compile=True: the fast path of `compiled_generation_options` (the first call compiles)."""
-    _check_arguments(prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_return_sequences,
-                     seed, do_sample, batch_size)
+    compile=True: the fast path of `compiled_generation_options` (the first call compiles). Sampling settings
+    left None take `sampling_defaults(model)`."""
+    given = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                 repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+    settings = {name: value if given[name] is None else given[name] for name, value in sampling_defaults(model).items()}
+    do_sample = bool(settings.pop("do_sample"))
+    _check_arguments(prompts, max_new_tokens, **settings, num_return_sequences=num_return_sequences, seed=seed,
+                     batch_size=batch_size)
     if streamer is not None and (len(prompts) != 1 or num_return_sequences != 1):
         raise ValueError(
             f"streaming needs one prompt and one sequence, got {len(prompts)} prompt(s) and "
@@ -132,9 +156,12 @@ def generate_token_ids(
         pad_token_id=pad_id,
     )
     if do_sample:
-        options.update(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
-    if repetition_penalty != 1.0:
-        options["repetition_penalty"] = float(repetition_penalty)
+        options.update(temperature=float(settings["temperature"]), top_k=int(settings["top_k"]),
+                       top_p=float(settings["top_p"]))
+    else:  # greedy: the model's sampling defaults must not reach generate (transformers warns about them)
+        options.update(temperature=1.0, top_k=50, top_p=1.0)
+    options.update(repetition_penalty=float(settings["repetition_penalty"]),
+                   no_repeat_ngram_size=int(settings["no_repeat_ngram_size"]))
     if compile:
         options.update(compiled_generation_options())
     # transformers' own checks of how the options combine (greedy decoding with several sequences, ...); the
@@ -170,9 +197,9 @@ def generate_token_ids(
 
 def generate_posts(model, tokenizer, prompts: list[str], **options) -> list[list[str]]:
     """Continue each prompt; per prompt, its `num_return_sequences` continuations (text without the prompt,
-    special tokens skipped). `options` are those of `generate_token_ids`: max_new_tokens (60), temperature
-    (1.0), top_k (50), top_p (0.95), repetition_penalty (1.0), num_return_sequences (1), seed (None), do_sample
-    (True), streamer (None), batch_size (8), compile (False).
+    special tokens skipped). `options` are those of `generate_token_ids`: max_new_tokens (60), do_sample,
+    temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size (by default the model's generation config,
+    else `POSTS_SAMPLING`), num_return_sequences (1), seed (None), streamer (None), batch_size (8), compile (False).
 
     do_sample=False is greedy decoding (temperature, top_k and top_p are then unused). The same `seed` gives
     the same text. `streamer`: None, True (print the continuation to the terminal as it is generated, with a
@@ -185,6 +212,25 @@ def generate_posts(model, tokenizer, prompts: list[str], **options) -> list[list
         [tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) for ids in sequences]
         for sequences in token_ids
     ]
+
+
+def find_loop(ids: list[int], min_repeats: int = 3, min_span: int = 12, max_period: int = 32) -> dict | None:
+    """The loop a generation ends in, if any: a unit of `period` tokens repeated back to back at least
+    `min_repeats` times, covering at least `min_span` tokens, at the end of `ids` (a greedy decoder that loops
+    never leaves its loop). Returns {"period", "repeats", "start"} (the loop's first index) for the shortest
+    such unit, or None."""
+    ids = list(ids)
+    for period in range(1, min(max_period, len(ids) // min_repeats) + 1):
+        start = len(ids) - period
+        while start - period >= 0 and ids[start - period:start] == ids[start:start + period]:
+            start -= period
+        # the loop may begin part-way through a unit
+        while start > 0 and ids[start - 1] == ids[start - 1 + period]:
+            start -= 1
+        repeats = (len(ids) - start) // period
+        if repeats >= min_repeats and len(ids) - start >= min_span:
+            return {"period": period, "repeats": repeats, "start": start}
+    return None
 
 
 def format_generations(prompts: list[str], generations: list[list[str]]) -> str:

@@ -72,6 +72,9 @@ class PostformerConfig(PretrainedConfig):
     `tie_word_embeddings=False` (an LM head of its own). No stock architecture has QK-norm with this block, so a
     model with it cannot be exported to one.
 
+    `classifier_pooling` is what the sequence-classification head reads: "last" (the last real token's hidden
+    state, as Llama's head) or "mean" (the mean over the post's real tokens, as ModernBERT's "mean").
+
     The design's names are accepted as keyword arguments and readable as attributes (`attribute_map`):
     `d_model` (hidden_size), `d_ff` (intermediate_size), `num_layers` (num_hidden_layers), `num_heads`
     (num_attention_heads), `max_seq_length` (max_position_embeddings), `dropout` (hidden_dropout). Arguments
@@ -119,6 +122,7 @@ class PostformerConfig(PretrainedConfig):
     tie_word_embeddings: bool = True
     qk_norm: bool = False
     zero_init_output_projections: bool = False
+    classifier_pooling: str = "last"
     use_cache: bool = True
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
@@ -206,6 +210,8 @@ class PostformerConfig(PretrainedConfig):
             raise ValueError(f"use_relative_position must be True or False, got {self.use_relative_position!r}")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {', '.join(ACTIVATIONS)}; got {self.hidden_act!r}")
+        if self.classifier_pooling not in ("last", "mean"):
+            raise ValueError(f"classifier_pooling must be 'last' or 'mean', got {self.classifier_pooling!r}")
         for name in ("qk_norm", "zero_init_output_projections"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -608,7 +608,8 @@ class PostformerForCausalLM(PostformerPreTrainedModel, GenerationMixin):
 
 
 class PostformerForSequenceClassification(PostformerPreTrainedModel):
-    """Postformer with a linear head on the last non-padding token, for posts analysis.
+    """Postformer with a linear head on the last non-padding token (or, with `config.classifier_pooling="mean"`,
+    on the mean over the real tokens), for posts analysis.
 
     `config.problem_type` picks the loss as transformers' heads do: regression (MSE), single-label (cross-entropy)
     or multi-label (BCE with logits); it is inferred from `num_labels` and the labels' dtype when unset.
@@ -652,17 +653,21 @@ class PostformerForSequenceClassification(PostformerPreTrainedModel):
         logits = self.score(outputs.last_hidden_state)
         batch_size = logits.shape[0]
 
-        # The last real token of each row: from the attention mask when given (left or right padding),
-        # else from the pad id, else the last position.
+        # Each row's real tokens: from the attention mask when given (left or right padding), else from the pad
+        # id, else all of them.
         if attention_mask is not None and attention_mask.dim() == 2:
-            token_indices = torch.arange(attention_mask.shape[-1], device=logits.device)
-            last_token = (token_indices * attention_mask.to(logits.device, torch.long)).argmax(-1)
+            real = attention_mask.to(logits.device, torch.long)
         elif input_ids is not None and self.config.pad_token_id is not None:
-            non_pad = (input_ids != self.config.pad_token_id).to(logits.device, torch.long)
-            last_token = (torch.arange(input_ids.shape[-1], device=logits.device) * non_pad).argmax(-1)
+            real = (input_ids != self.config.pad_token_id).to(logits.device, torch.long)
         else:
-            last_token = torch.full((batch_size,), logits.shape[1] - 1, device=logits.device)
-        pooled_logits = logits[torch.arange(batch_size, device=logits.device), last_token]
+            real = torch.ones(logits.shape[:2], dtype=torch.long, device=logits.device)
+        if self.config.classifier_pooling == "mean":
+            # The score head has no bias, so the mean of the tokens' logits is the logits of their mean state.
+            weights = real.unsqueeze(-1).to(logits.dtype)
+            pooled_logits = (logits * weights).sum(1) / weights.sum(1).clamp(min=1)
+        else:
+            last_token = (torch.arange(real.shape[-1], device=logits.device) * real).argmax(-1)
+            pooled_logits = logits[torch.arange(batch_size, device=logits.device), last_token]
 
         loss = None
         if labels is not None:

@@ -144,9 +144,12 @@ def wrap_tokenizer(tokenizer: Tokenizer, model_max_length: int = 512) -> PreTrai
 def posts_generation_config(tokenizer: PreTrainedTokenizerFast):
     """The generation defaults of a model trained on posts with this tokenizer, written to the model folder's
     generation_config.json: a post ends at end-of-post ("</s>") or at the separator ("<sep>"), so generation
-    stops at either; padding and beginning-of-post are never a continuation, so they are suppressed. (The model
-    class itself generates plainly: these ids belong to the tokenizer, not the architecture.)"""
+    stops at either; padding and beginning-of-post are never a continuation, so they are suppressed; and it
+    samples with `postformer.generation.POSTS_SAMPLING`, the settings measured to read most like posts. (The model
+    class itself generates plainly: these belong to the trained model, not the architecture.)"""
     from transformers import GenerationConfig
+
+    from ..generation import POSTS_SAMPLING
 
     stop = [i for i in (tokenizer.eos_token_id, tokenizer.sep_token_id) if i is not None]
     return GenerationConfig(
@@ -154,6 +157,7 @@ def posts_generation_config(tokenizer: PreTrainedTokenizerFast):
         eos_token_id=stop,
         pad_token_id=tokenizer.pad_token_id,
         suppress_tokens=[i for i in (tokenizer.pad_token_id, tokenizer.bos_token_id) if i is not None],
+        **POSTS_SAMPLING,
     )
 
 

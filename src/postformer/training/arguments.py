@@ -49,6 +49,9 @@ class PostformerTrainingArguments(TrainingArguments):
     muon_learning_rate: float = field(default=0.02, metadata=_help(
         "peak learning rate of Muon's matrices (--learning_rate stays that of the AdamW part)"))
     muon_momentum: float = field(default=0.95, metadata=_help("Muon's momentum (Nesterov)"))
+    layer_lr_decay: float = field(default=1.0, metadata=_help(
+        "layer-wise learning-rate decay: the head (and final norm) trains at --learning_rate, each block below at "
+        "this factor times the one above, the embeddings last; 1: one rate for all, 0: only the head trains"))
     # TrainingArguments fields with other defaults or an earlier flag name
     seed: int = field(default=0, metadata=_help(
         "random seed of the run: initial weights, data order, dropout (and --data_seed unless given)"))
@@ -74,6 +77,10 @@ class PostformerTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.optimizer not in ("adamw", "muon"):
             raise ValueError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
+        if isinstance(self.layer_lr_decay, bool) or not 0 <= self.layer_lr_decay <= 1:
+            raise ValueError(f"layer_lr_decay must be between 0 and 1, got {self.layer_lr_decay!r}")
+        if self.layer_lr_decay != 1 and self.optimizer == "muon":
+            raise ValueError("layer_lr_decay works with --optimizer adamw only")
         if self.precision not in (None, "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.precision is not None:
@@ -191,6 +198,10 @@ class ClassifierArguments:
         "share of train held out (stratified by label) when the data has no validation split"))
     max_length: int | None = field(default=None, metadata=_help(
         "tokens kept of a post, longer ones cut at the end (default: the model's context)"))
+    pooling: Literal["last", "mean"] = field(default="last", metadata=_help(
+        "what the head reads: the post's last token, or the mean over its tokens"))
+    class_weighting: bool = field(default=False, metadata=_help(
+        "weight each label's loss by n_posts / (n_labels x its count in train), so rare labels count as much"))
 
 
 MODEL_FIELDS = (

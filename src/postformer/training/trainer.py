@@ -12,6 +12,7 @@ Sample generations at each evaluation come from `SampleGenerationCallback`.
 import json
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -73,6 +74,15 @@ def muon_parameter_names(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and p.ndim == 2 and id(p) not in outside]
 
 
+def layer_depth(name: str, num_layers: int) -> int:
+    """A parameter's depth for layer-wise learning-rate decay: 0 for embeddings, i + 1 inside block i, and
+    num_layers + 1 above the blocks (final norm and heads)."""
+    match = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
+    if match:
+        return int(match.group(1)) + 1
+    return 0 if "embed" in name else num_layers + 1
+
+
 class CombinedOptimizer(torch.optim.Optimizer):
     """Several optimizers stepped as one, for Trainer's single optimizer and scheduler: `param_groups` is the list of
     their groups (the same dicts), so the scheduler scales each group's learning rate in its own optimizer, and
@@ -130,6 +140,8 @@ class PostformerTrainer(Trainer):
     def create_optimizer(self, model=None):
         """Trainer's optimizer (--optim, with matrix-only decay), or with `optimizer="muon"` Muon for the hidden
         weight matrices beside it: transformers' `optim` has no Muon, so this is where it comes in."""
+        if self.optimizer is None and getattr(self.args, "layer_lr_decay", 1.0) != 1.0:
+            return self._create_layerwise_optimizer(self.model if model is None else model)
         if self.optimizer is not None or getattr(self.args, "optimizer", "adamw") != "muon":
             return super().create_optimizer(model)
         model = self.model if model is None else model
@@ -148,6 +160,29 @@ class PostformerTrainer(Trainer):
             for p in frozen:
                 p.requires_grad_(True)
         self.optimizer = CombinedOptimizer({"adamw": adamw, "muon": muon})
+        return self.optimizer
+
+    def _create_layerwise_optimizer(self, model):
+        """--optim with layer-wise learning-rate decay: one parameter group per depth (and weight decay or not),
+        the learning rate times layer_lr_decay ** (distance below the head). The head's group comes first, so
+        the logged learning rate is --learning_rate's."""
+        decay_names = set(self.get_decay_parameter_names(model))
+        num_layers = model.config.num_hidden_layers
+        groups = {}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((layer_depth(name, num_layers), name in decay_names), []).append(param)
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        lr = kwargs.pop("lr", self.args.learning_rate)
+        self.optimizer = optimizer_cls(
+            [
+                {"params": params, "lr": lr * self.args.layer_lr_decay ** (num_layers + 1 - depth),
+                 "weight_decay": self.args.weight_decay if decays else 0.0}
+                for (depth, decays), params in sorted(groups.items(), reverse=True)
+            ],
+            lr=lr,
+            **kwargs,
+        )
         return self.optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -288,7 +323,8 @@ class JSONPrinterCallback(PrinterCallback):
 
 class SampleGenerationCallback(TrainerCallback):
     """At each evaluation, continue a few fixed post prompts greedily (no RNG is drawn, so sampling here never
-    changes the course of training) and append them to `samples.jsonl` in the output folder."""
+    changes the course of training) and append them to `samples.jsonl` in the output folder, each with the loop
+    it ends in, if any (`postformer.generation.find_loop`), which the printed line also reports."""
 
     def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int = 30):
         self.tokenizer = tokenizer
@@ -305,9 +341,16 @@ class SampleGenerationCallback(TrainerCallback):
             out = model.generate(
                 **batch, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
             )
-        texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        from ..generation import find_loop
+
+        new_tokens = out[:, batch["input_ids"].shape[1] :]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         with open(Path(args.output_dir) / "samples.jsonl", "a", encoding="utf-8") as f:
-            for prompt, text in zip(self.prompts, texts):
-                f.write(json.dumps({"step": state.global_step, "prompt": prompt, "text": text}, ensure_ascii=False) + "\n")
-                print(f"[step {state.global_step}] {prompt}{' '.join(text.split())}")  # one line per sample
+            for prompt, text, ids in zip(self.prompts, texts, new_tokens.tolist()):
+                ids = ids[: ids.index(self.tokenizer.eos_token_id) + 1] if self.tokenizer.eos_token_id in ids else ids
+                loop = find_loop(ids)  # greedy decoding that repeats itself never stops repeating
+                f.write(json.dumps({"step": state.global_step, "prompt": prompt, "text": text, "loop": loop},
+                                   ensure_ascii=False) + "\n")
+                note = f"  (greedy loop: {loop['period']} tokens repeated {loop['repeats']} times)" if loop else ""
+                print(f"[step {state.global_step}] {prompt}{' '.join(text.split())}{note}")  # one line per sample
         model.train(was_training)
