@@ -309,7 +309,7 @@ def test_config_file_and_flags(tmp_path):
     # Trainer's own options reach the command line without being declared again
     job, args = _parsed(["train", "--optim", "adamw_torch", "--gradient_checkpointing", "--report_to", "none"])
     assert (args.optim.value, args.gradient_checkpointing, args.report_to) == ("adamw_torch", True, [])
-    assert (args.output_dir, args.max_steps, args.learning_rate, job.preset) == ("runs/small", 300, 2e-3, "small")
+    assert (args.output_dir, args.max_steps, args.learning_rate, job.preset) == ("runs/small", 700, 2e-3, "small")
 
 
 @pytest.mark.parametrize("text,message", [
@@ -431,7 +431,7 @@ def test_layer_lr_decay_scales_each_depth_and_zero_trains_the_head_only(tokenize
 
     model = PostformerForCausalLM(tiny_config(**config_token_ids(tokenizer), tie_word_embeddings=False))
     args = training_arguments("train", output_dir=str(tmp_path), layer_lr_decay=0.5, learning_rate=1e-2,
-                              weight_decay=0.1, eval_strategy="no")
+                              weight_decay=0.1, eval_strategy="no", optimizer="adamw")
     optimizer = PostformerTrainer(model=model, args=args).create_optimizer()
     names = {id(p): n for n, p in model.named_parameters()}
     group_of = {names[id(p)]: g for g in optimizer.param_groups for p in g["params"]}
@@ -443,12 +443,13 @@ def test_layer_lr_decay_scales_each_depth_and_zero_trains_the_head_only(tokenize
         assert group["lr"] == pytest.approx(1e-2 * 0.5 ** (3 - depth)), name
         assert group["weight_decay"] == (0.1 if name.endswith("proj.weight") or name == "lm_head.weight" else 0.0)
     with pytest.raises(ValueError, match="layer_lr_decay must be between 0 and 1"):
-        training_arguments("train", output_dir=str(tmp_path), layer_lr_decay=1.5)
+        training_arguments("train", output_dir=str(tmp_path), layer_lr_decay=1.5, optimizer="adamw")
     with pytest.raises(ValueError, match="adamw only"):
         training_arguments("train", output_dir=str(tmp_path), layer_lr_decay=0.5, optimizer="muon")
 
     # 0: a linear probe. One step moves the head and leaves the body as it was.
-    args = training_arguments("train", output_dir=str(tmp_path), layer_lr_decay=0.0, eval_strategy="no")
+    args = training_arguments("train", output_dir=str(tmp_path), layer_lr_decay=0.0, eval_strategy="no",
+                              optimizer="adamw")
     optimizer = PostformerTrainer(model=model, args=args).create_optimizer()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ids = torch.randint(4, 300, (2, 16))
@@ -458,13 +459,35 @@ def test_layer_lr_decay_scales_each_depth_and_zero_trains_the_head_only(tokenize
     assert changed == {n for n in names.values() if layer_depth(n, 2) == 3} and "lm_head.weight" in changed
 
 
-def test_default_run_options_are_those_of_earlier_versions():
-    """The default job's numbers in the README (and saved configs) depend on these: seed 0 included (transformers'
-    own default is 42)."""
+def test_warmup_stable_decay_decays_over_the_last_decay_fraction_of_the_steps(tokenizer, tmp_path):
+    from postformer.training.arguments import training_arguments
+
+    model = PostformerForCausalLM(tiny_config(**config_token_ids(tokenizer)))
+    args = training_arguments("train", output_dir=str(tmp_path), lr_scheduler_type="warmup_stable_decay",
+                              decay_fraction=0.25, warmup_steps=10, learning_rate=1e-2, eval_strategy="no")
+    trainer = PostformerTrainer(model=model, args=args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=100)
+    rates = []
+    for _ in range(100):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert rates[5] == pytest.approx(5e-3) and rates[10] == rates[74] == pytest.approx(1e-2)  # warm-up, stable
+    assert rates[75 + 12] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 12 / 25)))  # cosine decay
+    assert trainer.args.lr_scheduler_kwargs == {"num_decay_steps": 25}  # recorded in training_args.json
+    with pytest.raises(ValueError, match="decay_fraction must be in"):
+        training_arguments("train", output_dir=str(tmp_path), decay_fraction=0)
+
+
+def test_default_run_options_are_the_measured_recipe():
+    """The default job's numbers in the README and benchmarks/results/recipe.md depend on these: seed 0 included
+    (transformers' own default is 42)."""
     job, args = command_arguments("train")
     assert (job.preset, job.vocab_size, job.block_size, job.max_eval_posts) == ("small", 8192, 128, 300)
-    assert (args.seed, args.data_seed, args.max_steps, args.per_device_train_batch_size) == (0, 0, 300, 16)
-    assert (args.learning_rate, args.weight_decay, args.warmup_steps, args.lr_scheduler_type.value) == (
-        2e-3, 0.1, 30, "cosine")
+    assert (job.hidden_dropout, job.attention_dropout) == (0.0, 0.0)
+    assert (args.seed, args.data_seed, args.max_steps, args.per_device_train_batch_size) == (0, 0, 700, 16)
+    assert (args.optimizer, args.muon_learning_rate, args.muon_momentum) == ("muon", 0.02, 0.95)
+    assert (args.learning_rate, args.weight_decay, args.warmup_steps, args.lr_scheduler_type.value,
+            args.decay_fraction) == (2e-3, 0.1, 30, "warmup_stable_decay", 0.2)
     assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.max_grad_norm) == (0.9, 0.999, 1e-8, 1.0)
     assert (args.eval_steps, args.save_steps, args.save_total_limit, args.logging_steps) == (100, 100, 2, 10)

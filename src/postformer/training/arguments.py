@@ -49,6 +49,9 @@ class PostformerTrainingArguments(TrainingArguments):
     muon_learning_rate: float = field(default=0.02, metadata=_help(
         "peak learning rate of Muon's matrices (--learning_rate stays that of the AdamW part)"))
     muon_momentum: float = field(default=0.95, metadata=_help("Muon's momentum (Nesterov)"))
+    decay_fraction: float = field(default=0.2, metadata=_help(
+        "with --lr_scheduler_type warmup_stable_decay: the share of the steps over which the learning rate decays "
+        "(cosine) after the stable phase, unless --lr_scheduler_kwargs gives num_decay_steps"))
     layer_lr_decay: float = field(default=1.0, metadata=_help(
         "layer-wise learning-rate decay: the head (and final norm) trains at --learning_rate, each block below at "
         "this factor times the one above, the embeddings last; 1: one rate for all, 0: only the head trains"))
@@ -77,6 +80,8 @@ class PostformerTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.optimizer not in ("adamw", "muon"):
             raise ValueError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
+        if isinstance(self.decay_fraction, bool) or not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction!r}")
         if isinstance(self.layer_lr_decay, bool) or not 0 <= self.layer_lr_decay <= 1:
             raise ValueError(f"layer_lr_decay must be between 0 and 1, got {self.layer_lr_decay!r}")
         if self.layer_lr_decay != 1 and self.optimizer == "muon":
@@ -133,8 +138,10 @@ class PretrainArguments:
     use_relative_position: bool | None = field(default=None, metadata=_help(
         "add Shaw relative positions (eager attention only; default: the preset's)"))
     max_relative_position: int | None = field(default=None, metadata=_help("clipping distance of relative positions"))
-    hidden_dropout: float | None = field(default=None, metadata=_help("dropout on embeddings and residual branches"))
-    attention_dropout: float | None = field(default=None, metadata=_help("dropout on attention probabilities"))
+    hidden_dropout: float | None = field(default=0.0, metadata=_help(
+        "dropout on embeddings and residual branches (default 0: posts are seen a few times in a run, and dropout "
+        "only slowed learning in benchmarks/bench_recipe.py)"))
+    attention_dropout: float | None = field(default=0.0, metadata=_help("dropout on attention probabilities"))
     hidden_act: Literal["gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "relu2", "silu"] | None = field(
         default=None, metadata=_help("feed-forward activation (default: gelu; relu2 is ReLU squared)"))
     qk_norm: bool | None = field(default=None, metadata=_help(
@@ -215,9 +222,11 @@ MODEL_FIELDS = (
 # Per command: TrainingArguments defaults that differ from PostformerTrainingArguments' own.
 COMMAND_DEFAULTS = {
     "train": dict(
+        # The recipe benchmarks/bench_recipe.py found best at the main job's 2-minute budget (results/recipe.md):
+        # Muon for the hidden matrices, warm-up/stable/decay, no dropout (PretrainArguments); 700 steps.
         output_dir="runs/small", per_device_train_batch_size=16, learning_rate=2e-3, weight_decay=0.1,
-        warmup_steps=30, lr_scheduler_type="cosine", max_steps=300, eval_strategy="steps", eval_steps=100,
-        save_strategy="steps", save_steps=100, save_total_limit=2,
+        optimizer="muon", warmup_steps=30, lr_scheduler_type="warmup_stable_decay", max_steps=700,
+        eval_strategy="steps", eval_steps=100, save_strategy="steps", save_steps=100, save_total_limit=2,
     ),
     # run_clm's defaults, except the learning rate: None is 2e-4 with LoRA, 5e-5 for a full fine-tune
     "finetune": dict(num_train_epochs=1.0, learning_rate=None, weight_decay=0.0, eval_strategy="no",

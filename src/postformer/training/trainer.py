@@ -22,7 +22,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType, rotate_checkpoints
 
 from ..saving import PARTIAL_PREFIX, _fsync, _fsync_tree, remove_partial_saves, staged_save, write_atomically
 
@@ -161,6 +161,16 @@ class PostformerTrainer(Trainer):
                 p.requires_grad_(True)
         self.optimizer = CombinedOptimizer({"adamw": adamw, "muon": muon})
         return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Trainer's scheduler; warmup_stable_decay (which needs its decay steps) decays over `decay_fraction` of
+        the run unless lr_scheduler_kwargs gives num_decay_steps."""
+        kwargs = self.args.lr_scheduler_kwargs or {}
+        if (self.lr_scheduler is None and self.args.lr_scheduler_type == SchedulerType.WARMUP_STABLE_DECAY
+                and "num_decay_steps" not in kwargs):
+            decay_steps = max(1, round(getattr(self.args, "decay_fraction", 0.2) * num_training_steps))
+            self.args.lr_scheduler_kwargs = {**kwargs, "num_decay_steps": decay_steps}  # recorded with the run
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def _create_layerwise_optimizer(self, model):
         """--optim with layer-wise learning-rate decay: one parameter group per depth (and weight decay or not),
