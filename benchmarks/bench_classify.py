@@ -29,18 +29,15 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import platform
 import statistics
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-import transformers
 
 from postformer.classification import macro_f1, train_classifier
 from postformer.progress import progress_bars
+from results_file import open_results
 from postformer.training import train
 from postformer.training.arguments import command_arguments
 from postformer.training.finetune import finetune
@@ -227,11 +224,7 @@ def main():
     cli.work_dir.mkdir(parents=True, exist_ok=True)
     tasks = build_tasks(cli.work_dir / "tasks")
     json_path, md_path = cli.output_dir / "classify.json", cli.output_dir / "classify.md"
-    results = json.loads(json_path.read_text()) if json_path.is_file() else {"rows": {}}
-    results["command"] = "python " + " ".join(sys.argv)
-    results["machine"] = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-                          f"{torch.__version__}, transformers {transformers.__version__}, "
-                          f"{datetime.now(timezone.utc).isoformat(timespec='minutes')}")
+    results = open_results(json_path)
 
     def save():
         cli.output_dir.mkdir(parents=True, exist_ok=True)

@@ -32,16 +32,12 @@ trained on and is reported for reference only.
 
 import argparse
 import json
-import platform
 import statistics
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import transformers
 import yaml
 from transformers import TrainerCallback
 
@@ -49,6 +45,7 @@ from postformer.data import load_posts_split
 from postformer.evaluation import evaluate_posts
 from postformer.model_files import load_model
 from postformer.progress import progress_bars
+from results_file import open_results
 from postformer.training import train
 from postformer.training.arguments import command_arguments
 
@@ -223,10 +220,13 @@ def write_markdown(results: dict, path: Path) -> None:
         "validation split (500 posts) and on the full corpus's validation split (1,491 posts; — when "
         "../shared/data/posts is absent). Change: against the baseline row, bundled split (negative is better). "
         "Steps: the median run's; \"N of M\" when runs stopped before the planned M (the first rows, measured "
-        "with a stop at 1.15x the budget since removed; their schedule did not finish).",
+        "with a stop at 1.15x the budget since removed; their schedule did not finish, and their train time "
+        "includes the tokenizer and data preparation). Train time: the median "
+        "run's seconds of training; a run made while other work shared the machine took longer (each row's "
+        "machine and threads are in recipe.json), which changes no bpc: a row's steps are fixed before it runs.",
         "",
-        "| row | budget | data | what | steps | tokens | bpc bundled | change | bpc full |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|",
+        "| row | budget | data | what | steps | tokens | bpc bundled | change | bpc full | train time |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in ROWS:
         if name not in rows:
@@ -238,8 +238,13 @@ def write_markdown(results: dict, path: Path) -> None:
         steps = statistics.median(run["steps"] for run in row["runs"])
         steps = f"{steps:.0f}" if steps == row["planned_steps"] else f"{steps:.0f} of {row['planned_steps']}"
         budget = "—" if row["budget_minutes"] is None else f"{row['budget_minutes']} min"
-        lines.append(f"| {name} | {budget} | {row['data']} | {row['what']} | "
-                     f"{steps} | {row['median_tokens']:,.0f} | {bpc:.3f} | {change} | {full} |")
+        lines.append(f"| {name} | {budget} | {row['data']} | {ROWS[name][4]} | "
+                     f"{steps} | {row['median_tokens']:,.0f} | {bpc:.3f} | {change} | {full} | "
+                     f"{row['median_train_seconds']:.0f} s |")
+    if "main-job-300" in rows and "main-job" in rows:
+        before_bpc, now_bpc = rows["main-job-300"]["median_bpc_bundled"], rows["main-job"]["median_bpc_bundled"]
+        lines += ["", f"The main job (`postformer train`, no flags), bundled validation split: {before_bpc:.3f} bits "
+                  f"per character before (0.2.0, 300 steps), {now_bpc:.3f} now ({(now_bpc / before_bpc - 1) * 100:+.1f}%)."]
     missing = [name for name in ROWS if name not in rows]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
@@ -264,11 +269,7 @@ def main():
             print(f"{name:14} {budget or '-':>3} min  {data:7}  seeds {list(seeds)}  {what}  {options}")
         return
     json_path, md_path = cli.output_dir / "recipe.json", cli.output_dir / "recipe.md"
-    results = json.loads(json_path.read_text()) if json_path.is_file() else {"rows": {}}
-    results["command"] = "python " + " ".join(sys.argv)
-    results["machine"] = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-                          f"{torch.__version__}, transformers {transformers.__version__}, "
-                          f"{datetime.now(timezone.utc).isoformat(timespec='minutes')}")
+    results = open_results(json_path)
     for name in cli.only or list(ROWS):
         if name in results["rows"] and not cli.force:
             print(f"{name}: done already (--force reruns it)")
@@ -281,6 +282,7 @@ def main():
             baseline_steps = results["rows"].get("baseline", {}).get("planned_steps")
             results["rows"][name] = run_row(name, Path(tmp), baseline_steps, 0.05 if cli.quick else 1.0,
                                             cli.keep_models)
+            results["rows"][name]["machine"] = results["machine"]  # threads and date of this row's run
         cli.output_dir.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=2) + "\n")
         write_markdown(results, md_path)

@@ -17,18 +17,16 @@ whose distinct-2 is at least 90% of theirs (plausible, yet no more repetitive an
 
 import argparse
 import json
-import platform
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import transformers
 
 from postformer.data import load_posts_split
 from postformer.evaluation import evaluate_posts
 from postformer.generation import find_loop, generate_token_ids
 from postformer.model_files import load_model
+from results_file import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT_WORDS, MAX_NEW_TOKENS = 3, 60
@@ -116,8 +114,7 @@ def main():
     best = min(allowed, key=lambda name: results[name]["judge_bpc"]) if allowed else None
     record = {
         "command": "python " + " ".join(sys.argv),
-        "machine": f"{platform.machine()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-                   f"{datetime.now(timezone.utc).isoformat(timespec='minutes')}",
+        "machine": machine(),
         "model": cli.model, "judge": cli.judge or cli.model, "prompts": len(prompts), "recommended": best,
         "results": results,
     }
