@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 OUT=${OUT:-runs/small}
 .venv/bin/postformer train --output-dir "$OUT" "$@"
-.venv/bin/postformer generate --model "$OUT" --max-new-tokens 60 --num-return-sequences 2 --seed 0 \
-    "Breaking news:" "Happy birthday to" "We are proud to announce"
+.venv/bin/postformer generate --model "$OUT" --max-new-tokens 60 --seed 0 \
+    "Breaking news:" "Happy birthday to" "We are proud to announce" "Tonight on" "Thank you to everyone who"
