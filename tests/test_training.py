@@ -490,4 +490,4 @@ def test_default_run_options_are_the_measured_recipe():
     assert (args.learning_rate, args.weight_decay, args.warmup_steps, args.lr_scheduler_type.value,
             args.decay_fraction) == (2e-3, 0.1, 30, "warmup_stable_decay", 0.2)
     assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.max_grad_norm) == (0.9, 0.999, 1e-8, 1.0)
-    assert (args.eval_steps, args.save_steps, args.save_total_limit, args.logging_steps) == (100, 100, 2, 10)
+    assert (args.eval_steps, args.save_steps, args.save_total_limit, args.logging_steps) == (350, 350, 2, 10)

@@ -62,12 +62,17 @@ if os.environ.get("FAULTS_PAUSE_AT_RENAME"):
     os.replace = _paused_replace
 
 if os.environ.get("FAULTS_PAUSE_AFTER_STEP"):
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-    _steps = [0]
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+    _steps, _inner = [0], set()
+    def _before_step(optimizer, args, kwargs):  # an optimizer made of others (Muon + AdamW) steps them inside
+        _inner.update(id(o) for o in getattr(optimizer, "optimizers", {}).values())
     def _after_step(optimizer, args, kwargs):
+        if id(optimizer) in _inner:
+            return  # one training step, counted once
         _steps[0] += 1
         if _steps[0] == int(os.environ["FAULTS_PAUSE_AFTER_STEP"]):
             _pause(f"step {_steps[0]}")
+    register_optimizer_step_pre_hook(_before_step)
     register_optimizer_step_post_hook(_after_step)
 
 if os.environ.get("FAULTS_TORCH_LOAD_LOG"):

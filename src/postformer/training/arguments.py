@@ -226,7 +226,7 @@ COMMAND_DEFAULTS = {
         # Muon for the hidden matrices, warm-up/stable/decay, no dropout (PretrainArguments); 700 steps.
         output_dir="runs/small", per_device_train_batch_size=16, learning_rate=2e-3, weight_decay=0.1,
         optimizer="muon", warmup_steps=30, lr_scheduler_type="warmup_stable_decay", max_steps=700,
-        eval_strategy="steps", eval_steps=100, save_strategy="steps", save_steps=100, save_total_limit=2,
+        eval_strategy="steps", eval_steps=350, save_strategy="steps", save_steps=350, save_total_limit=2,
     ),
     # run_clm's defaults, except the learning rate: None is 2e-4 with LoRA, 5e-5 for a full fine-tune
     "finetune": dict(num_train_epochs=1.0, learning_rate=None, weight_decay=0.0, eval_strategy="no",
