@@ -31,6 +31,7 @@ from ._text import check_text
 from .hub_cards import write_model_card
 from .data import load_labelled_files
 from .model_files import check_model, load_model
+from .modeling.configuration_postformer import CLASSIFIER_POOLINGS
 from .progress import progress_bars
 from .saving import check_output_folder, saving
 from .training.arguments import run_record
@@ -260,7 +261,7 @@ def init_classifier(model_dir, labels: list[str], pooling: str = "last"):
     `model_dir` (a folder or Hub id; its weights reused, the score head new), reading the last token or the mean
     over tokens (`pooling`, the config's `classifier_pooling`), and the model's tokenizer set up for
     classification. The model is loaded by `postformer.model_files.load_model`, which names a damaged folder."""
-    if pooling not in ("last", "mean"):
+    if pooling not in CLASSIFIER_POOLINGS:  # said before a model is loaded
         raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
     model, tokenizer = load_model(
         model_dir,
@@ -315,9 +316,9 @@ def _weighted_loss(weights: torch.Tensor):
     summed and divided by the posts in the whole (accumulated) batch, so gradient accumulation gives the loss of
     one large batch, as Trainer's own losses do."""
     def compute_loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"].float()
-        losses = torch.nn.functional.cross_entropy(logits, labels.to(logits.device), reduction="none")
-        total = (losses * weights.to(logits.device)[labels.to(logits.device)]).sum()
+        logits, labels = outputs["logits"].float(), labels.to(outputs["logits"].device)
+        losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        total = (losses * weights.to(logits.device)[labels]).sum()
         return total / (len(labels) if num_items_in_batch is None else num_items_in_batch)
     return compute_loss
 

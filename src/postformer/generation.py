@@ -96,6 +96,14 @@ def _stop_token_ids(model, tokenizer) -> list[int]:
     return [int(i) for i in ids if i is not None]
 
 
+def until_stop(ids: list[int], stop_ids) -> list[int]:
+    """`ids` up to and including the first stop token (what follows it is padding), or all of them."""
+    for index, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[: index + 1]
+    return list(ids)
+
+
 def generate_token_ids(
     model,
     tokenizer,
@@ -185,15 +193,8 @@ def generate_token_ids(
             output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
         new_tokens = output[:, input_ids.shape[1] :].tolist()
         for row in range(len(batch)):
-            sequences = []
-            for ids in new_tokens[row * num_return_sequences : (row + 1) * num_return_sequences]:
-                kept = []
-                for token in ids:
-                    kept.append(token)
-                    if token in stop_ids:
-                        break
-                sequences.append(kept)
-            results.append(sequences)
+            rows = new_tokens[row * num_return_sequences : (row + 1) * num_return_sequences]
+            results.append([until_stop(ids, stop_ids) for ids in rows])
     return results
 
 

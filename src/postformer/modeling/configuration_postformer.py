@@ -11,6 +11,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 POSITION_EMBEDDING_TYPES = ("rope", "sinusoidal", "learned", "none")
 # relu2 is ReLU squared (x -> max(x, 0)^2), from the small-model speed-run literature
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "relu2", "silu")
+CLASSIFIER_POOLINGS = ("last", "mean")  # what PostformerForSequenceClassification's head reads
 
 # The original design's `TransformerConfig` names, and the standard names they map to.
 DESIGN_NAMES = {
@@ -210,7 +211,7 @@ class PostformerConfig(PretrainedConfig):
             raise ValueError(f"use_relative_position must be True or False, got {self.use_relative_position!r}")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {', '.join(ACTIVATIONS)}; got {self.hidden_act!r}")
-        if self.classifier_pooling not in ("last", "mean"):
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(f"classifier_pooling must be 'last' or 'mean', got {self.classifier_pooling!r}")
         for name in ("qk_norm", "zero_init_output_projections"):
             if not isinstance(getattr(self, name), bool):

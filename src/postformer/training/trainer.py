@@ -351,14 +351,13 @@ class SampleGenerationCallback(TrainerCallback):
             out = model.generate(
                 **batch, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
             )
-        from ..generation import find_loop
+        from ..generation import find_loop, until_stop
 
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         with open(Path(args.output_dir) / "samples.jsonl", "a", encoding="utf-8") as f:
             for prompt, text, ids in zip(self.prompts, texts, new_tokens.tolist()):
-                ids = ids[: ids.index(self.tokenizer.eos_token_id) + 1] if self.tokenizer.eos_token_id in ids else ids
-                loop = find_loop(ids)  # greedy decoding that repeats itself never stops repeating
+                loop = find_loop(until_stop(ids, [self.tokenizer.eos_token_id]))  # greedy decoding that repeats itself never stops repeating
                 f.write(json.dumps({"step": state.global_step, "prompt": prompt, "text": text, "loop": loop},
                                    ensure_ascii=False) + "\n")
                 note = f"  (greedy loop: {loop['period']} tokens repeated {loop['repeats']} times)" if loop else ""
