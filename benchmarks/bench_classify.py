@@ -49,23 +49,32 @@ SEEDS = (0, 1, 2)
 TASKS = ("reaction", "page")
 TFIDF_C = 10.0  # logistic regression's inverse regularisation
 
-# name -> (task, language model, classify-train options, seeds, what it tests)
+# name -> (task, language model, classify-train options, seeds, what it tests). Options are changes from
+# classify-train's defaults (mean pooling, class-balanced loss, AdamW 3e-4, 3 epochs, batches by length).
 ROWS = {}
 for task in TASKS:
     ROWS.update({
-        f"{task}-default": (task, "main-job", {}, SEEDS, "classify-train's defaults until now (last token, lr 1e-3, "
-                            "3 epochs)"),
+        f"{task}-default": (task, "main-job", {}, SEEDS, "classify-train's defaults"),
         f"{task}-step-1": (task, "step-1", {}, SEEDS, "the same from a language model trained 1 step"),
-        f"{task}-mean": (task, "main-job", dict(pooling="mean"), SEEDS, "mean over the tokens instead of the last"),
-        f"{task}-weighted": (task, "main-job", dict(class_weighting=True), SEEDS, "class-balanced loss"),
-        f"{task}-lr-3e-4": (task, "main-job", dict(learning_rate=3e-4), SEEDS, "learning rate 3e-4"),
-        f"{task}-lr-3e-3": (task, "main-job", dict(learning_rate=3e-3), SEEDS, "learning rate 3e-3"),
+        f"{task}-30min": (task, "posts-30min", {}, SEEDS, "the same from the 30-minute model "
+                          "(examples/posts-30min.yaml)"),
+        f"{task}-0.3": (task, "main-job", dict(pooling="last", class_weighting=False, learning_rate=1e-3), SEEDS,
+                        "0.3's defaults (last token, unweighted loss, lr 1e-3)"),
+        f"{task}-random-batches": (task, "main-job", dict(train_sampling_strategy="random"), SEEDS,
+                                   "random batches instead of batches by length"),
+        f"{task}-last": (task, "main-job", dict(pooling="last"), SEEDS, "the last token instead of the mean"),
+        f"{task}-unweighted": (task, "main-job", dict(class_weighting=False), SEEDS, "unweighted loss"),
+        f"{task}-lr-1e-4": (task, "main-job", dict(learning_rate=1e-4), SEEDS, "learning rate 1e-4"),
+        f"{task}-lr-1e-3": (task, "main-job", dict(learning_rate=1e-3), SEEDS, "learning rate 1e-3"),
         f"{task}-epochs-6": (task, "main-job", dict(epochs=6), SEEDS, "6 epochs"),
-        f"{task}-llrd-0.7": (task, "main-job", dict(layer_lr_decay=0.7), SEEDS, "layer-wise learning-rate decay 0.7"),
-        f"{task}-probe": (task, "main-job", dict(layer_lr_decay=0.0), SEEDS, "head only (frozen body: a linear probe)"),
+        f"{task}-llrd-0.5": (task, "main-job", dict(learning_rate=1e-3, layer_lr_decay=0.5), SEEDS,
+                             "layer-wise learning-rate decay 0.5 from 1e-3 at the head"),
+        f"{task}-probe": (task, "main-job", dict(learning_rate=1e-2, layer_lr_decay=0.0), SEEDS,
+                          "head only at 1e-2 (frozen body: a linear probe)"),
         f"{task}-continued-lm": (task, "main-job", dict(lm_epochs=1), SEEDS, "1 epoch of language-model training on "
                                  "the task's train texts first"),
-        f"{task}-30min": (task, "posts-30min", {}, SEEDS, "from the 30-minute model (examples/posts-30min.yaml)"),
+        f"{task}-30min-lr-1e-3": (task, "posts-30min", dict(learning_rate=1e-3), SEEDS,
+                                  "the 30-minute model at learning rate 1e-3"),
     })
 
 

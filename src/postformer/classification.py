@@ -1,9 +1,9 @@
 """Posts classification: fine-tune a trained Postformer language model into a sequence classifier, and use it.
 
 `train_classifier` reads a labelled posts file (a text and a label column), puts a new linear head on the
-language model's body (`PostformerForSequenceClassification`, which reads the last real token of a post, or the
-mean over its tokens) and fine-tunes the whole model with `PostformerTrainer` (the trainer of `postformer train`,
-with the same arguments class). It reports accuracy and macro-F1 on a held-out split (scikit-learn's metrics: scikit-learn is in
+language model's body (`PostformerForSequenceClassification`, which reads the mean over a post's tokens, or its
+last real token) and fine-tunes the whole model with `PostformerTrainer` (the trainer of `postformer train`,
+with the same arguments class), by default with class-balanced loss on batches of posts of similar length. It reports accuracy and macro-F1 on a held-out split (scikit-learn's metrics: scikit-learn is in
 postformer's extras), beside the majority-class baseline, and saves a Hub-style folder that
 `AutoModelForSequenceClassification` loads (after `import postformer`, or with `trust_remote_code=True` without it). `classify_posts` labels posts
 with such a folder, through `transformers.pipeline("text-classification")`.
@@ -256,7 +256,7 @@ def _for_classification(tokenizer, config):
     return tokenizer
 
 
-def init_classifier(model_dir, labels: list[str], pooling: str = "last"):
+def init_classifier(model_dir, labels: list[str], pooling: str = "mean"):
     """A `PostformerForSequenceClassification` for `labels` on the body of the language model saved in
     `model_dir` (a folder or Hub id; its weights reused, the score head new), reading the last token or the mean
     over tokens (`pooling`, the config's `classifier_pooling`), and the model's tokenizer set up for
@@ -331,8 +331,8 @@ def train_classifier(model_dir, data, output_dir, **options) -> dict:
     skip_bad_lines) or of PostformerTrainingArguments (num_train_epochs / epochs, learning_rate, batch_size,
     weight_decay, warmup_steps, seed, quiet, ...), as `postformer classify-train` takes them; `data`,
     `text_field`, `label_field`, `validation_fraction` and `seed` as `load_labelled_posts`. The whole model is
-    trained by PostformerTrainer (AdamW, linear decay after a warm-up over the first 10% of the steps, the language
-    model's dropout), then scored on the validation split (and on the test split when the data has one): loss,
+    trained by PostformerTrainer (AdamW at 3e-4, linear decay after a warm-up over the first 10% of the steps, the
+    language model's dropout; see COMMAND_DEFAULTS["classify-train"]), then scored on the validation split (and on the test split when the data has one): loss,
     accuracy and macro-F1, beside the majority-class baseline (always the train split's commonest label), and per
     label: its train and held-out counts, how often it was predicted, precision, recall and F1. The held-out
     predictions are written to `output_dir/eval_predictions.jsonl` (never uploaded by `postformer push`).

@@ -205,9 +205,9 @@ class ClassifierArguments:
         "share of train held out (stratified by label) when the data has no validation split"))
     max_length: int | None = field(default=None, metadata=_help(
         "tokens kept of a post, longer ones cut at the end (default: the model's context)"))
-    pooling: Literal["last", "mean"] = field(default="last", metadata=_help(
-        "what the head reads: the post's last token, or the mean over its tokens"))
-    class_weighting: bool = field(default=False, metadata=_help(
+    pooling: Literal["last", "mean"] = field(default="mean", metadata=_help(
+        "what the head reads: the mean over the post's tokens, or its last token"))
+    class_weighting: bool = field(default=True, metadata=_help(
         "weight each label's loss by n_posts / (n_labels x its count in train), so rare labels count as much"))
 
 
@@ -231,11 +231,12 @@ COMMAND_DEFAULTS = {
     # run_clm's defaults, except the learning rate: None is 2e-4 with LoRA, 5e-5 for a full fine-tune
     "finetune": dict(num_train_epochs=1.0, learning_rate=None, weight_decay=0.0, eval_strategy="no",
                      save_strategy="no"),
-    # Evaluated each epoch (not "group_by_length": transformers then also reorders evaluation, and the held-out
-    # predictions must stay aligned with their posts); warm-up over the first 10% of the steps.
-    "classify-train": dict(num_train_epochs=3.0, learning_rate=1e-3, per_device_train_batch_size=16,
-                           weight_decay=0.01, warmup_steps=0.1, eval_strategy="epoch", save_strategy="no",
-                           logging_strategy="epoch"),
+    # benchmarks/bench_classify.py's recipe (results/classify.md; with the job's mean pooling and class weighting):
+    # batches of posts of similar length (posts run from a few tokens to the whole context: random batches are
+    # mostly padding, 4x the time for the same scores), evaluated each epoch, warm-up over the first 10% of steps.
+    "classify-train": dict(num_train_epochs=3.0, learning_rate=3e-4, per_device_train_batch_size=16,
+                           weight_decay=0.01, warmup_steps=0.1, train_sampling_strategy="group_by_length",
+                           eval_strategy="epoch", save_strategy="no", logging_strategy="epoch"),
 }
 
 

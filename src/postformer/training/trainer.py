@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
@@ -236,6 +237,13 @@ class PostformerTrainer(Trainer):
             self.model.tie_weights()
             load_result.missing_keys[:] = [key for key in load_result.missing_keys if key not in tied]
         super()._issue_warnings_after_load(load_result)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # Evaluation and predict() in the dataset's order, whatever the training sampler: transformers'
+        # "group_by_length" also reorders evaluation, and predictions would then not line up with their rows.
+        if self.args.train_sampling_strategy == "group_by_length":
+            return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+        return super()._get_eval_sampler(eval_dataset)
 
     # ---- Saving: whole or absent (see `staged_save`) ----
 
