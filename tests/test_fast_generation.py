@@ -6,6 +6,8 @@ logits), the same streamer calls; and every option it does not implement must ta
 `DECODING_PATHS` tells apart.
 """
 
+import functools
+
 import pytest
 import torch
 from conftest import run_without_postformer, tiny_config
@@ -176,12 +178,23 @@ def test_prepacked_weights_give_the_same_tokens(monkeypatch):
     do not reach the size threshold, so it is lowered here."""
     monkeypatch.setattr(generation_postformer, "PACK_MIN_BYTES", 0)
     monkeypatch.setattr(generation_postformer, "PACK_MIN_NEW_TOKENS", 1)
+    packed = []
+    make_packed = generation_postformer._packed_linear
+
+    def spy(weight, bias, rows):
+        linear = make_packed(weight, bias, rows)
+        packed.append(not isinstance(linear, functools.partial))  # a partial of F.linear: packing was refused
+        return linear
+
+    monkeypatch.setattr(generation_postformer, "_packed_linear", spy)
     model = make_model(num_key_value_heads=2)
     ids, mask = left_padded()
     for rows in (1, 3):
+        packed.clear()
         lean, plain = both(model, ids[-rows:], attention_mask=mask[-rows:], max_new_tokens=15, do_sample=False,
                            eos_token_id=None, pad_token_id=0)
         assert lean.tolist() == plain.tolist()
+        assert len(packed) == 2 * 4 + 1 and all(packed), "every matrix should have been packed in this build"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
@@ -291,8 +304,9 @@ def test_a_processor_the_plan_does_not_implement_is_refused():
     assert LogitsPlan.from_processors([MinPLogitsWarper(0.1)], 10, cpu) is None
     assert LogitsPlan.from_processors([TopKLogitsWarper(3, filter_value=-10.0)], 10, cpu) is None
     # a processor after a warper is not an order generate builds
-    assert LogitsPlan.from_processors([TemperatureLogitsWarper(0.5), SuppressTokensLogitsProcessor([1])], 10, cpu) is None
-    assert LogitsPlan.from_processors([SuppressTokensLogitsProcessor([1]), TemperatureLogitsWarper(0.5)], 10, cpu)
+    temperature, suppress = TemperatureLogitsWarper(0.5), SuppressTokensLogitsProcessor([1])
+    assert LogitsPlan.from_processors([temperature, suppress], 10, cpu) is None
+    assert LogitsPlan.from_processors([suppress, temperature], 10, cpu) is not None
 
 
 # ----------------------------------------------------------------------------------------------------------------

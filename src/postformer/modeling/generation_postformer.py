@@ -139,7 +139,8 @@ def supports_lean_decoding(model) -> bool:
         return False
     if getattr(model, "hf_device_map", None) and len(set(model.hf_device_map.values())) > 1:
         return False
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_world_size() > 1:
         return False
 
     inner = model.model
@@ -157,7 +158,7 @@ def supports_lean_decoding(model) -> bool:
         return False
     for layer in inner.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        if type(layer) is not PostformerDecoderLayer or type(attn) is not PostformerAttention or type(mlp) is not PostformerMLP:
+        if (type(layer), type(attn), type(mlp)) != (PostformerDecoderLayer, PostformerAttention, PostformerMLP):
             return False
         if attn.relative_positions is not None:
             return False
@@ -166,8 +167,8 @@ def supports_lean_decoding(model) -> bool:
         linears = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.up_proj, mlp.down_proj)
         if any(type(linear) is not nn.Linear for linear in linears):
             return False
-        if (attn.q_proj.bias is None) != (attn.k_proj.bias is None) or (attn.q_proj.bias is None) != (attn.v_proj.bias is None):
-            return False
+        if len({attn.q_proj.bias is None, attn.k_proj.bias is None, attn.v_proj.bias is None}) > 1:
+            return False  # the fused projection needs all three biases or none
         norms = (layer.input_layernorm, layer.post_attention_layernorm)
         if any(type(norm) is not nn.LayerNorm for norm in norms):
             return False
@@ -315,7 +316,9 @@ class LogitsPlan:
             elif kind not in PROCESSORS or warping:
                 return None  # not implemented here, or a processor after a warper (not the order generate builds)
             elif kind is RepetitionPenaltyLogitsProcessor:
-                if plan.penalty is not None or processor.logits_indices is not None or processor.cu_seq_lens_q is not None:
+                if plan.penalty is not None or processor.logits_indices is not None:
+                    return None  # twice, or set up for continuous batching's packed rows
+                if processor.cu_seq_lens_q is not None:
                     return None
                 plan.penalty = float(processor.penalty)
                 plan.prompt_ignore_length = processor.prompt_ignore_length
@@ -440,13 +443,13 @@ def _top_p(scores: torch.Tensor, top_p: float, min_tokens_to_keep: int) -> torch
 # bandwidth in the default kernels (a matrix-vector product over an LM head that is not in cache ran at ~8 GB/s on
 # the 2-core AMD EPYC this was measured on). Weights reordered once for the kernel that will read them (MKL's packed
 # GEMM for one row, oneDNN's blocked layout for several: what Inductor's CPU weight prepacking uses) ran the
-# medium and large presets' decode steps 1.3-1.7x faster there. The reorder costs about as much as 2-3 decoding
-# steps and a second copy of the weights for the length of the call, so it is done only where it pays: models whose
-# decode weights do not stay in cache anyway (at least PACK_MIN_BYTES; the small preset's 5 MB gained nothing), for
-# generations of at least PACK_MIN_NEW_TOKENS, and up to PACK_MAX_BYTES of copies. Each packed product is checked
+# medium and large presets' decode steps 1.3-1.7x faster there. Matrices under PACK_MIN_BYTES (the small preset's
+# layers) gained nothing: they stay in cache, where the default kernel is as fast. The reorder costs about as much
+# as 2-3 decoding steps and a second copy of the weights for the length of the call, so it is done only for
+# generations of at least PACK_MIN_NEW_TOKENS and up to PACK_MAX_BYTES of copies. Each packed product is checked
 # against F.linear on one input when it is made (these are internal operators of PyTorch); any failure means
 # F.linear.
-PACK_MIN_BYTES = 8 * 2**20
+PACK_MIN_BYTES = 256 * 2**10
 PACK_MAX_BYTES = 256 * 2**20
 PACK_MIN_NEW_TOKENS = 16
 
@@ -518,12 +521,14 @@ class LeanDecoder:
         pack = (
             embed.device.type == "cpu"
             and embed.dtype == torch.float32
-            and PACK_MIN_BYTES <= decode_bytes <= PACK_MAX_BYTES
+            and decode_bytes <= PACK_MAX_BYTES
             and max_length - prompt_length >= PACK_MIN_NEW_TOKENS
         )
 
         def linear(weight, bias):
-            return _packed_linear(weight, bias, batch) if pack else _plain_linear(weight, bias)
+            if pack and weight.numel() * weight.element_size() >= PACK_MIN_BYTES:
+                return _packed_linear(weight, bias, batch)
+            return _plain_linear(weight, bias)
 
         self.embed = embed
         self.head = linear(head.weight, head.bias)
