@@ -197,6 +197,18 @@ def test_prepacked_weights_give_the_same_tokens(monkeypatch):
         assert len(packed) == 2 * 4 + 1 and all(packed), "every matrix should have been packed in this build"
 
 
+@pytest.mark.parametrize("position_embedding_type", ["rope", "learned"])
+def test_the_cache_grows_past_its_initial_room(monkeypatch, position_embedding_type):
+    """Room for INITIAL_CAPACITY new tokens is reserved first (a large max_new_tokens cut short by an end token
+    reserves no more); longer generations double it."""
+    monkeypatch.setattr(generation_postformer, "INITIAL_CAPACITY", 3)
+    model = make_model(position_embedding_type=position_embedding_type)
+    ids, mask = left_padded()
+    lean, plain = both(model, ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None,
+                       pad_token_id=0)
+    assert lean.tolist() == plain.tolist()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
 def test_other_dtypes(dtype):
     model = make_model().to(dtype)

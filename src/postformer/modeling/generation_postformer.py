@@ -452,6 +452,8 @@ def _top_p(scores: torch.Tensor, top_p: float, min_tokens_to_keep: int) -> torch
 PACK_MIN_BYTES = 256 * 2**10
 PACK_MAX_BYTES = 256 * 2**20
 PACK_MIN_NEW_TOKENS = 16
+# Room for new tokens in the key-value cache at the start of a call (it doubles as needed).
+INITIAL_CAPACITY = 256
 
 
 def _plain_linear(weight, bias):
@@ -492,7 +494,7 @@ class LeanDecoder:
     Holds references to the model's parameters and one fused copy of each layer's query, key and value weights
     (one matrix product instead of three), plus prepacked copies where they pay (see PACK_MIN_BYTES): copies made per
     `generate` call, never cached across calls, so that weights changed in any way between calls are never stale.
-    The key and value cache is one preallocated (batch, kv_heads, max_length, head_dim) tensor per layer and kind,
+    The key and value cache is one preallocated (batch, kv_heads, length, head_dim) tensor per layer and kind,
     filled from the prefill's cache; each step writes its column and attends over the columns so far.
 
     Every row's new token sits in the same column (generate left-pads batches), so a step is one write and one
@@ -567,12 +569,15 @@ class LeanDecoder:
                 linear(mlp.down_proj.weight, mlp.down_proj.bias),
             ))
 
-        # The cache: the prefill's keys and values, then room for every token up to max_length.
+        # The cache: the prefill's keys and values, then room for new tokens, up to max_length. Room for
+        # INITIAL_CAPACITY new tokens first, doubled as needed: a generous max_new_tokens that an end token cuts
+        # short does not reserve memory for tokens never generated.
+        self.max_length = max_length
+        self.capacity = min(max_length, prompt_length + INITIAL_CAPACITY)
         self.keys, self.values = [], []
         for cached in prefill_cache.layers:
-            shape = (batch, self.num_kv_heads, max_length, self.head_dim)
-            keys = cached.keys.new_empty(shape)
-            values = cached.values.new_empty(shape)
+            shape = (batch, self.num_kv_heads, self.capacity, self.head_dim)
+            keys, values = cached.keys.new_empty(shape), cached.values.new_empty(shape)
             keys[:, :, :prompt_length] = cached.keys
             values[:, :, :prompt_length] = cached.values
             self.keys.append(keys)
@@ -582,7 +587,7 @@ class LeanDecoder:
         # Key mask: the prompt's attention mask, then every new column visible. None without padding.
         self.key_mask = None
         if attention_mask is not None:
-            key_mask = torch.ones(batch, 1, 1, max_length, dtype=torch.bool, device=device)
+            key_mask = torch.ones(batch, 1, 1, self.capacity, dtype=torch.bool, device=device)
             key_mask[:, 0, 0, :prompt_length] = attention_mask.to(device) != 0
             self.key_mask = key_mask
 
@@ -591,15 +596,38 @@ class LeanDecoder:
         last_positions = last_positions.to(device)
         self.first_position = int(last_positions[0])
         self.last_positions = None if bool((last_positions == self.first_position).all()) else last_positions
+        self.rotary_emb = inner.rotary_emb
         self.cos = self.sin = None
-        if inner.rotary_emb is not None:
-            count = int(last_positions.max()) + max_length - prompt_length + 1
-            positions = torch.arange(count, device=device)[None]
-            cos, sin = inner.rotary_emb(embed[:1], positions)  # (1, count, head_dim), as the model computes them
-            half = self.head_dim // 2
-            # rotate_half(x) * sin == roll(x, half) * signed_sin, where signed_sin negates sin's first half
-            self.cos = cos[0]
-            self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
+        self._rotary_tables(int(last_positions.max()))
+
+    def _rotary_tables(self, last_position: int) -> None:
+        """cos and sin of every position up to the cache's capacity, as the model's rotary module computes them."""
+        if self.rotary_emb is None:
+            return
+        count = last_position + self.capacity - self.prompt_length + 1
+        positions = torch.arange(count, device=self.embed.device)[None]
+        cos, sin = self.rotary_emb(self.embed[:1], positions)  # (1, count, head_dim)
+        half = self.head_dim // 2
+        # rotate_half(x) * sin == roll(x, half) * signed_sin, where signed_sin negates sin's first half
+        self.cos = cos[0]
+        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
+        self.last_position = last_position
+
+    def _grow(self) -> None:
+        """Double the room for new tokens (up to max_length), keeping what the cache holds."""
+        old = self.capacity
+        self.capacity = min(self.max_length, self.prompt_length + 2 * (old - self.prompt_length))
+        for buffers in (self.keys, self.values):
+            for index, buffer in enumerate(buffers):
+                grown = buffer.new_empty(*buffer.shape[:2], self.capacity, buffer.shape[3])
+                grown[:, :, :old] = buffer
+                buffers[index] = grown
+        if self.key_mask is not None:
+            grown = self.key_mask.new_ones(*self.key_mask.shape[:3], self.capacity)
+            grown[..., :old] = self.key_mask
+            self.key_mask = grown
+        if self.rotary_emb is not None:
+            self._rotary_tables(self.last_position)
 
     def step(self, tokens: torch.Tensor, column: int) -> torch.Tensor:
         """Logits (batch, vocab) for `tokens` (batch,) placed at cache column `column` (prompt length + steps)."""
@@ -608,6 +636,8 @@ class LeanDecoder:
         qk_width = (heads + kv_heads) * head_dim
         v_width = kv_heads * head_dim
 
+        if column >= self.capacity:
+            self._grow()
         offset = column - self.prompt_length + 1
         if self.last_positions is None:
             positions = self.first_position + offset
