@@ -72,7 +72,8 @@ from transformers.generation.logits_process import (
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
+# MaxLengthCriteria's logger: its reminder, written by this loop, reads (and is shown once) as transformers' own
+_LENGTH_LOGGER = logging.get_logger("transformers.generation.stopping_criteria")
 
 # How many `generate` calls took each decoding loop in this process: "lean" (this module's) or "fallback"
 # (transformers' own). For tests and for users who want to know.
@@ -738,12 +739,8 @@ def lean_decode(model, input_ids, logits_processor, stopping_criteria, generatio
     if eos_tokens is not None and eos_tokens.numel() == 0:
         eos_tokens = None
     do_sample = generation_config.do_sample
-    if max_length - 1 > config.max_position_embeddings:  # what MaxLengthCriteria warns once
-        logger.warning_once(
-            "This is a friendly reminder - the current text generation call has exceeded the model's predefined "
-            f"maximum length ({config.max_position_embeddings}). Depending on the model, you may observe "
-            "exceptions, performance degradation, or nothing at all."
-        )
+    # MaxLengthCriteria's reminder once a sequence is longer than max_position_embeddings (and not done)
+    reminder_length = config.max_position_embeddings + 1
 
     # Prefill: the prompt through the model's own forward, exactly as generate runs it.
     model_inputs = model.prepare_inputs_for_generation(input_ids, is_first_iteration=True, **model_kwargs)
@@ -779,6 +776,13 @@ def lean_decode(model, input_ids, logits_processor, stopping_criteria, generatio
                 tokens = torch.where(unfinished, tokens, pad_token)
             sequences.select(1, length).copy_(tokens)
             length += 1
+            if reminder_length is not None and reminder_length <= length < max_length:
+                reminder_length = None
+                _LENGTH_LOGGER.warning_once(
+                    "This is a friendly reminder - the current text generation call has exceeded the model's "
+                    f"predefined maximum length ({config.max_position_embeddings}). Depending on the model, you may "
+                    "observe exceptions, performance degradation, or nothing at all."
+                )
             plan.record(tokens)
             if streamer is not None:
                 streamer.put(tokens.cpu())
