@@ -720,6 +720,7 @@ def lean_decode(model, input_ids, logits_processor, stopping_criteria, generatio
         and type(cache) is DynamicCache
         and cache.get_seq_length() == 0
         and model_kwargs.get("position_ids") is not None
+        and (model_kwargs.get("attention_mask") is None or model_kwargs["attention_mask"].shape == input_ids.shape)
         and device == model.device
     )
     config = model.config
@@ -803,5 +804,6 @@ def lean_decode(model, input_ids, logits_processor, stopping_criteria, generatio
     if length == max_length:
         return sequences
     return sequences[:, :length].clone()
+
 
 __all__ = ["DECODING_PATHS", "LeanDecoder", "LogitsPlan", "lean_decode", "lean_decoding_loop", "supports_lean_decoding"]
