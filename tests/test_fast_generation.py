@@ -492,3 +492,19 @@ print("OK")
         cwd=tmp_path,
     )
     assert out.strip().endswith("OK")
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.99])
+def test_top_p_without_a_full_sort_keeps_what_transformers_keeps(scale, top_p):
+    """The nucleus from the top k (grown as needed: flat distributions need thousands of tokens) against
+    TopPLogitsWarper's full sort, on a posts-sized vocabulary."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    generator = torch.Generator().manual_seed(0)
+    for scores in (torch.randn(4, 8192, generator=generator) * scale,
+                   TopKLogitsWarper(40)(None, torch.randn(4, 8192, generator=generator) * scale)):
+        expected = TopPLogitsWarper(top_p)(None, scores.clone())
+        actual = generation_postformer._top_p(scores.clone(), top_p, 1)
+        assert torch.equal(torch.isinf(actual), torch.isinf(expected))
+        torch.testing.assert_close(actual.softmax(-1), expected.softmax(-1), rtol=1e-6, atol=1e-7)

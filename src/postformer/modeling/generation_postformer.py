@@ -429,12 +429,52 @@ def _top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 def _top_p(scores: torch.Tensor, top_p: float, min_tokens_to_keep: int) -> torch.Tensor:
-    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
-    cumulative_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    sorted_indices_to_remove = cumulative_probs <= (1 - top_p)
-    sorted_indices_to_remove[..., -min_tokens_to_keep:] = 0
-    indices_to_remove = sorted_indices_to_remove.scatter(1, sorted_indices, sorted_indices_to_remove)
-    return scores.masked_fill_(indices_to_remove, -float("inf"))
+    """transformers' TopPLogitsWarper, without sorting the whole vocabulary where the nucleus is small.
+
+    The warper sorts the scores ascending and removes every token whose cumulative probability (its own and all
+    smaller ones') is <= 1 - top_p, keeping at least the `min_tokens_to_keep` largest. Only the largest tokens
+    survive, so each row is first decided from its top 64, then its top 512: a token's ascending cumulative
+    probability is the total minus the probability above it, and once a row's k-th token is removed, so is
+    everything below it. On a CPU, sorting 8192 scores took ~0.4 ms per row, more than a small model's whole
+    decoding step; the top 64 take ~20 µs, the top 512 ~30 µs. Rows with a flatter distribution (a nucleus past 512
+    tokens) are sorted whole, exactly as the warper does. Same kept tokens up to float rounding of the cumulative
+    sums at the boundary (tested against the warper). Rows past the first tier go one at a time: topk and sort of
+    several rows at once ran slower than one row after another.
+    """
+    probs = scores.softmax(dim=-1)
+    total = probs.sum(dim=-1, keepdim=True)
+    if scores.shape[-1] > 64:
+        row_remove, top_indices = _top_p_from_top_k(probs, total, top_p, min_tokens_to_keep, 64)
+        if row_remove is not None:  # every row decided (the usual case)
+            remove = torch.ones_like(scores, dtype=torch.bool).scatter_(1, top_indices, row_remove)
+            return scores.masked_fill_(remove, -float("inf"))
+    for row in range(scores.shape[0]):
+        one = slice(row, row + 1)
+        row_remove = None
+        if scores.shape[-1] > 512:
+            row_remove, top_indices = _top_p_from_top_k(probs[one], total[one], top_p, min_tokens_to_keep, 512)
+        if row_remove is not None:
+            remove = torch.ones_like(scores[one], dtype=torch.bool).scatter_(1, top_indices, row_remove)
+        else:
+            sorted_logits, sorted_indices = torch.sort(scores[one], descending=False)
+            cumulative_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            sorted_indices_to_remove = cumulative_probs <= (1 - top_p)
+            sorted_indices_to_remove[..., -min_tokens_to_keep:] = 0
+            remove = sorted_indices_to_remove.scatter(1, sorted_indices, sorted_indices_to_remove)
+        scores[one].masked_fill_(remove, -float("inf"))
+    return scores
+
+
+def _top_p_from_top_k(probs, total, top_p: float, min_tokens_to_keep: int, k: int):
+    """(which of each row's top k to remove, their indices), or (None, None) when the top k of some row does not
+    reach the nucleus' boundary (its k-th token is kept)."""
+    top_probs, top_indices = probs.topk(k, dim=-1)
+    above = top_probs.cumsum(dim=-1) - top_probs
+    remove = (total - above) <= (1 - top_p)  # ascending cumulative probability: the total minus the mass above
+    if not bool(remove[:, -1].all()):
+        return None, None
+    remove[..., :min_tokens_to_keep] = False
+    return remove, top_indices
 
 
 # ----------------------------------------------------------------------------------------------------------------
