@@ -17,10 +17,12 @@ decoding loop and replaces only the loop, where the options allow it:
   the values `generate` resolved), checks each is one it implements, runs the prompt through the model's own
   forward (the prefill), copies its keys and values into a preallocated cache, and then computes each new token
   with `LeanDecoder.step`: a direct function over the weights (embedding, layer norm, one fused query/key/value
-  product, rotary positions, `scaled_dot_product_attention` on the cache slice, feed-forward, LM head), inside
-  `torch.inference_mode`. Logits go through `LogitsPlan` (precomputed masks for the suppressed and end tokens, an
-  incremental "seen" mask for the repetition penalty) and greedy or multinomial selection as in transformers'
-  `_sample`.
+  product, rotary positions, `scaled_dot_product_attention` on the cache slice, feed-forward, LM head; larger
+  matrices through prepacked MKL/oneDNN copies, see PACK_MIN_BYTES), inside `torch.inference_mode`. Logits go
+  through `LogitsPlan` (precomputed masks for the suppressed and end tokens, an incremental "seen" mask for the
+  repetition penalty, top-p from the top of the distribution rather than a sort of the vocabulary) and greedy or
+  multinomial selection as in transformers' `_sample` (the same calls to the random generator, so a seed draws
+  the same tokens either way).
 
 Supported (anything else is transformers' own `generate`, decided per call):
   - decoding: greedy and multinomial sampling, one beam; num_return_sequences (sampling), eos tokens (one, a list,
@@ -317,10 +319,9 @@ class LogitsPlan:
             elif kind not in PROCESSORS or warping:
                 return None  # not implemented here, or a processor after a warper (not the order generate builds)
             elif kind is RepetitionPenaltyLogitsProcessor:
-                if plan.penalty is not None or processor.logits_indices is not None:
+                packed_rows = processor.logits_indices is not None or processor.cu_seq_lens_q is not None
+                if plan.penalty is not None or packed_rows:
                     return None  # twice, or set up for continuous batching's packed rows
-                if processor.cu_seq_lens_q is not None:
-                    return None
                 plan.penalty = float(processor.penalty)
                 plan.prompt_ignore_length = processor.prompt_ignore_length
             elif kind is NoRepeatNGramLogitsProcessor:
@@ -346,7 +347,7 @@ class LogitsPlan:
                 plan.begin_index = processor.begin_index
         return plan
 
-    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+    def start(self, input_ids: torch.Tensor) -> None:
         """Record the prompt (batch, length) for the repetition penalty: the tokens it penalises are those of
         `input_ids` past each row's `prompt_ignore_length` (generate sets it to the row's left padding)."""
         if self.penalty is None:
