@@ -137,6 +137,10 @@ def _remove_modeling_code(folder):
     (folder / "modeling_postformer.py").unlink()
 
 
+def _remove_generation_code(folder):  # imported by modeling_postformer.py, which the auto_map names
+    (folder / "generation_postformer.py").unlink()
+
+
 def _remove_tokenizer(folder):
     (folder / "tokenizer.json").unlink()
     (folder / "tokenizer_config.json").unlink()
@@ -168,6 +172,8 @@ def _shard_without_its_file(folder):
          ["missing model weights: model.safetensors", "pytorch_model.bin is a pickle"]),
         (_drop_auto_map, ValueError, ["config.json has no auto_map", "trust_remote_code"]),
         (_remove_modeling_code, FileNotFoundError, ["missing modeling_postformer.py (config.json auto_map["]),
+        (_remove_generation_code, FileNotFoundError,
+         ["missing generation_postformer.py (imported by modeling_postformer.py)"]),
         (_remove_tokenizer, FileNotFoundError, ["missing tokenizer_config.json", "missing tokenizer vocabulary"]),
         (_remove_card, FileNotFoundError, ["missing README.md (the model card"]),
         (_invalid_card_metadata, ValueError, ["README.md is not a valid model card", "license"]),

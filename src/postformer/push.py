@@ -14,6 +14,7 @@ Only the standard library is imported at module level, so the CLI can name this 
 
 import json
 import os
+import re
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -132,9 +133,9 @@ def _read_config(folder: Path, files: dict[str, int], missing: list[str], bad: l
     return config
 
 
-def _check_auto_map(config: dict, files: dict[str, int], missing: list[str], bad: list[str]) -> None:
+def _check_auto_map(folder: Path, config: dict, files: dict[str, int], missing: list[str], bad: list[str]) -> None:
     """The auto_map is what lets `from_pretrained(..., trust_remote_code=True)` find the model's code in the repo;
-    each entry names `module.Class`, and module.py must go up with the weights."""
+    each entry names `module.Class`, and module.py must go up with the weights, with the files it imports."""
     auto_map = config.get("auto_map")
     if not isinstance(auto_map, dict) or not auto_map:
         bad.append(
@@ -155,6 +156,35 @@ def _check_auto_map(config: dict, files: dict[str, int], missing: list[str], bad
             module_file = reference.rsplit(".", 1)[0].replace(".", "/") + ".py"
             if module_file not in files:
                 missing.append(f"{module_file} (config.json auto_map[{auto_class!r}] points to it)")
+                continue
+            _check_relative_imports(folder, module_file, files, missing)
+
+
+# `from .name import ...` and `import .name`, as transformers' dynamic-module loader finds the files it copies
+RELATIVE_IMPORT = re.compile(r"^\s*(?:from\s+\.(\S+)\s+import|import\s+\.(\S+)\s*$)", re.MULTILINE)
+
+
+def _check_relative_imports(folder: Path, module_file: str, files: dict[str, int], missing: list[str],
+                            seen: set | None = None) -> None:
+    """The files a remote-code module imports relatively (modeling_postformer.py imports configuration_postformer.py
+    and generation_postformer.py) must go up too: transformers loads them beside it."""
+    seen = set() if seen is None else seen
+    if module_file in seen:
+        return
+    seen.add(module_file)
+    try:
+        code = (folder / module_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return
+    parent = module_file.rsplit("/", 1)[0] + "/" if "/" in module_file else ""
+    for match in RELATIVE_IMPORT.finditer(code):
+        imported = parent + (match.group(1) or match.group(2)).replace(".", "/") + ".py"
+        if imported not in files:
+            message = f"{imported} (imported by {module_file})"
+            if message not in missing:
+                missing.append(message)
+        else:
+            _check_relative_imports(folder, imported, files, missing, seen)
 
 
 def upload_plan(model_dir) -> list[tuple[str, int]]:
@@ -168,7 +198,7 @@ def upload_plan(model_dir) -> list[tuple[str, int]]:
 
     The folder must hold a complete model, else a FileNotFoundError (only things missing) or ValueError (something
     present but unusable) names every problem at once: the weights (model.safetensors, or its index and every shard
-    it lists), config.json with an `auto_map`, the .py files the auto_map points to, the tokenizer
+    it lists), config.json with an `auto_map`, the .py files the auto_map points to and those they import, the tokenizer
     (tokenizer_config.json and tokenizer.json or another vocabulary file), generation_config.json for a causal LM,
     and the model card README.md, valid by `postformer.hub_cards.validate_model_card`.
     """
@@ -184,7 +214,7 @@ def upload_plan(model_dir) -> list[tuple[str, int]]:
     _check_weights(folder, files, missing, bad)
     config = _read_config(folder, files, missing, bad)
     if config is not None:
-        _check_auto_map(config, files, missing, bad)
+        _check_auto_map(folder, config, files, missing, bad)
         architectures = config.get("architectures") or []
         causal = any("CausalLM" in name or "LMHead" in name for name in architectures if isinstance(name, str))
         if causal and "generation_config.json" not in files:

@@ -11,7 +11,7 @@ import postformer.modeling as modeling
 PACKAGE = Path(modeling.__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["modeling_postformer.py", "configuration_postformer.py"])
+@pytest.mark.parametrize("name", ["modeling_postformer.py", "configuration_postformer.py", "generation_postformer.py"])
 def test_the_code_saved_beside_a_model_is_exactly_the_packages_own(model_dir, name):
     # trust_remote_code runs this file: it must be what the package ships, byte for byte, not a rewritten copy.
     assert (model_dir / name).read_bytes() == (PACKAGE / "modeling" / name).read_bytes()

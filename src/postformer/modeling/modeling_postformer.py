@@ -7,7 +7,8 @@ plans) so that every tool of the Hugging Face stack works on it.
 
 This file is copied beside every saved model, so that `AutoModelForCausalLM.from_pretrained(folder,
 trust_remote_code=True)` works without the `postformer` package: it imports from `torch`,
-`transformers` and its sibling `configuration_postformer` only.
+`transformers` and its siblings `configuration_postformer` and `generation_postformer` (the lean decoding loop
+behind `PostformerForCausalLM.generate`) only.
 """
 
 import math
@@ -42,6 +43,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_postformer import PostformerConfig
+from .generation_postformer import DECODING_PATHS, lean_decoding_loop
 
 # ----------------------------------------------------------------------------------------------------------------
 # Positions
@@ -604,6 +606,55 @@ class PostformerForCausalLM(PostformerPreTrainedModel, GenerationMixin):
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+        )
+
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config=None,
+        logits_processor=None,
+        stopping_criteria=None,
+        prefix_allowed_tokens_fn=None,
+        synced_gpus: bool | None = None,
+        assistant_model=None,
+        streamer=None,
+        negative_prompt_ids: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        custom_generate=None,
+        **kwargs,
+    ):
+        """transformers' `generate`, with a lean decoding loop (generation_postformer.py) where the call allows it.
+
+        For a small model most of a token's time in transformers' loop goes to Python and module overhead rather
+        than arithmetic; the lean loop computes each token directly from the weights into a preallocated cache.
+        It runs greedy and sampling decoding with the usual length, end-token, suppression, repetition and
+        sampling options, padded batches and streamers (`generation_postformer` lists what it supports); any other
+        option, or a model it does not implement (e.g. Shaw relative positions), takes transformers' own loop.
+        Outputs are the same either way. `GenerationMixin.generate(model, ...)` always runs transformers' loop.
+        """
+        loop = None
+        if custom_generate is None:
+            loop = lean_decoding_loop(
+                self, inputs, generation_config, kwargs, streamer=streamer, logits_processor=logits_processor,
+                stopping_criteria=stopping_criteria, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+                synced_gpus=synced_gpus, assistant_model=assistant_model, negative_prompt_ids=negative_prompt_ids,
+                negative_prompt_attention_mask=negative_prompt_attention_mask,
+            )
+        if loop is None:
+            DECODING_PATHS["fallback"] += 1
+        return super().generate(
+            inputs,
+            generation_config,
+            logits_processor,
+            stopping_criteria,
+            prefix_allowed_tokens_fn,
+            synced_gpus,
+            assistant_model,
+            streamer,
+            negative_prompt_ids,
+            negative_prompt_attention_mask,
+            custom_generate=custom_generate if loop is None else loop,
+            **kwargs,
         )
 
 
