@@ -727,7 +727,9 @@ def main(argv=None) -> int:
                   f"postformer {shlex.join(again)}", file=sys.stderr)
             return 130
         except KeyboardInterrupt:  # Ctrl-C elsewhere: one line, the usual exit status, no traceback
-            print(f"\npostformer {args.command}: interrupted", file=sys.stderr)
+            resume = "; the same command resumes where it stopped" if getattr(args, "overwrite", None) is not None \
+                and args.output else ""
+            print(f"\npostformer {args.command}: interrupted{resume}", file=sys.stderr)
             return 130
         except USER_ERRORS as error:
             print(f"postformer {args.command}: error: {error}", file=sys.stderr)

@@ -11,6 +11,11 @@ perplexity guide): windows of `max_position_embeddings` tokens that advance by `
 scores only the tokens no earlier window scored, with the tokens before them as context, so every token is
 predicted exactly once with at least `max_position_embeddings - stride` tokens of context (all it has, near
 the start).
+
+`evaluate_posts`, `score_posts` and `token_losses` take a list of posts. For a corpus of any size,
+`evaluate_source` and `score_to_file` take a stream of them (`postformer.processing`): read a window at a time,
+batched by length within it, shared among the processes of a launch; `score_to_file` writes one JSON line per
+input post as it goes and resumes after a crash.
 """
 
 import math

@@ -9,6 +9,9 @@ Prompts are encoded as the tokenizer encodes a post: "<s>" then the text, with n
 model continues it. An empty prompt is just "<s>": the model starts a new post. Generation stops at
 end-of-post ("</s>") or at the separator ("<sep>"), the model's `generation_config.eos_token_id`.
 
+`generate_to_file` continues the prompts of a file of any size into a JSON lines file, a window of prompts at a
+time, resuming after a crash and shared among the processes of a launch (`postformer.processing`).
+
 Sampling settings not given take the model's own (its generation_config.json, where `postformer train` writes
 `POSTS_SAMPLING`, so `model.generate` and `pipeline("text-generation")` sample the same way), else
 `POSTS_SAMPLING`: the settings benchmarks/bench_sampling.py found to read most like posts.
