@@ -425,10 +425,20 @@ def _add_posts_flags(parser: argparse.ArgumentParser, default: str) -> None:
                         "(default: half the context)")
 
 
+def _at_least_one(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def _add_window_flag(parser: argparse.ArgumentParser) -> None:
     from .processing import WINDOW
 
-    parser.add_argument("--window-posts", type=int, default=WINDOW, metavar="N",
+    parser.add_argument("--window-posts", type=_at_least_one, default=WINDOW, metavar="N",
                         help=f"posts read ahead, sorted by length and batched together (less padding), results still "
                         f"in input order; with --output, the unit of progress a rerun resumes from (default: {WINDOW})")
 
