@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from conftest import TINY_POSTS
 
 from postformer.cli import main as cli
-from postformer.data import SkippedLinesWarning, load_posts_split
+from postformer.data import load_posts_split
 from postformer.evaluation import ScoreJob, evaluate_posts, evaluate_source, score_posts, score_to_file
 from postformer.processing import BLANK, EMPTY, Lines, Texts, open_posts, progress_folder
-from postformer.processing.runs import Counts, PostsRun, _interleave, run_to_file, window_lines, windows
+from postformer.processing.runs import Counts, _interleave, run_to_file, windows
 
 LONG_POST = " ".join(TINY_POSTS[:7])  # longer than the tiny model's 64 positions: scored with a sliding window
 
