@@ -222,6 +222,18 @@ def test_a_run_killed_mid_window_resumes_where_it_committed(loaded, tmp_path):
     assert output.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
 
 
+def test_an_output_cut_below_its_committed_windows_is_refused(loaded, tmp_path):
+    model, tokenizer = loaded
+    data = write_jsonl(tmp_path / "posts.jsonl", corpus(40))
+    output = tmp_path / "scores.jsonl"
+    with pytest.raises(Crash):
+        run_to_file("score", open_posts(data), output, {}, lambda: crashing_after(ScoreJob(model, tokenizer), 2, []),
+                    window=8)
+    output.write_bytes(output.read_bytes()[:100])  # someone edited it
+    with pytest.raises(ValueError, match=r"is shorter \(100 bytes\) than the .* bytes its progress records"):
+        run_to_file("score", open_posts(data), output, {}, lambda: ScoreJob(model, tokenizer), window=8)
+
+
 def test_a_finished_run_is_not_redone_and_other_runs_are_refused(loaded, tmp_path):
     model, tokenizer = loaded
     data = write_jsonl(tmp_path / "posts.jsonl", corpus(30))

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..saving import write_atomically, write_text
+from ..saving import _fsync, write_atomically, write_text
 from .sources import Record, Source
 
 WINDOW = 1024  # records sorted by length and batched together; a crash loses at most one window's work
@@ -376,6 +376,7 @@ class PostsRun:
             state = {"rank": rank, "windows": 0, "lines": 0, "bytes": 0, "position": None,
                      "counts": Counts().__dict__, "finished": False}
             open(part, "wb").close()  # a fresh part (a 1-process run's output itself)
+            _fsync(part.parent)  # its name on disk before any progress names its bytes (a power cut, not only a kill)
         else:
             size = part.stat().st_size if part.is_file() else -1
             if size < state["bytes"]:
