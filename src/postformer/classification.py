@@ -6,7 +6,9 @@ last real token) and fine-tunes the whole model with `PostformerTrainer` (the tr
 with the same arguments class), by default with class-balanced loss on batches of posts of similar length. It reports accuracy and macro-F1 on a held-out split (scikit-learn's metrics: scikit-learn is in
 postformer's extras), beside the majority-class baseline, and saves a Hub-style folder that
 `AutoModelForSequenceClassification` loads (after `import postformer`, or with `trust_remote_code=True` without it). `classify_posts` labels posts
-with such a folder, through `transformers.pipeline("text-classification")`.
+with such a folder as `transformers.pipeline("text-classification")` does, in batches of posts of similar length;
+`classify_to_file` labels a corpus of any size into a JSON lines file, resuming after a crash
+(`postformer.processing`).
 
 Posts are encoded as the language model saw them ("<s>" then the text) and padded on the RIGHT: real tokens
 then keep positions 0..n-1 whatever the batch, so a post's label does not depend on what it is batched with,
@@ -456,23 +458,34 @@ def _check_texts(texts, batch_size) -> None:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
 
+@torch.inference_mode()
 def classify_with(model, tokenizer, texts: list[str], batch_size: int = 32) -> list[dict]:
     """`classify_posts` with a classifier and tokenizer already loaded (`postformer.model_files.load_model(folder,
-    "text-classification")`), through `transformers.pipeline("text-classification")`: posts encoded and cut at the
-    tokenizer's model_max_length, padded (on the tokenizer's side: the right) into batches of `batch_size`, and
-    the softmax of the logits. A post's scores do not depend on its batch (tested against one forward pass per
-    post)."""
-    from transformers import pipeline
-
+    "text-classification")`, the tokenizer set up by `_for_classification`): posts encoded and cut at the
+    tokenizer's model_max_length, as `pipeline("text-classification", truncation=True)` encodes them, sorted by
+    length and padded on the right into batches of `batch_size` (neighbours in length: little padding, which
+    the pipeline's batches in input order spend most of their time on), and the softmax of the logits, in input
+    order. A post's scores do not depend on its batch (tested against one forward pass per post)."""
     _check_texts(texts, batch_size)
-    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)
+    encoded = tokenizer(list(texts), truncation=True, verbose=False)["input_ids"]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     id2label = model.config.id2label
-    results = []
-    for ranked in classifier(list(texts), batch_size=batch_size, top_k=None, truncation=True):
-        by_label = {entry["label"]: entry["score"] for entry in ranked}  # ranked by score: back to label id order
-        scores = {id2label[i]: by_label[id2label[i]] for i in range(len(id2label))}
-        best = max(scores, key=scores.get)  # on a tie, the lower label id
-        results.append({"label": best, "score": scores[best], "scores": scores})
+    labels = [id2label[i] for i in range(len(id2label))]
+    results = [None] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in rows)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, index in enumerate(rows):  # right padding: see the module docstring
+            input_ids[row, : len(encoded[index])] = torch.tensor(encoded[index])
+            attention_mask[row, : len(encoded[index])] = 1
+        logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits
+        for index, probabilities in zip(rows, torch.softmax(logits.float(), -1).tolist()):
+            scores = dict(zip(labels, probabilities))
+            best = max(scores, key=scores.get)  # on a tie, the lower label id
+            results[index] = {"label": best, "score": scores[best], "scores": scores}
     return results
 
 
@@ -483,11 +496,66 @@ def classify_posts(model_dir, texts: list[str], batch_size: int = 32) -> list[di
     Raises ValueError for an empty list, an empty post, or a folder holding a language model, not a classifier.
     """
     _check_texts(texts, batch_size)  # before the model is loaded
+    return classify_with(*load_classifier(model_dir), texts, batch_size)
+
+
+def load_classifier(model_dir):
+    """A classifier folder's (or Hub id's) model and tokenizer, set up for classification (`_for_classification`),
+    the model on this process's device (`postformer.processing.processes`)."""
+    from .processing import processes
+
     model, tokenizer = load_model(model_dir, "text-classification")
-    return classify_with(model, _for_classification(tokenizer, model.config), texts, batch_size)
+    return model.to(processes().device), _for_classification(tokenizer, model.config)
+
+
+class ClassifyJob:
+    """`postformer classify`'s work on a window of posts (see `postformer.processing.Job`): each post's
+    {"text", "label", "score", "scores"}, or {"text", "error"} for a record without a post."""
+
+    command = "classify"
+
+    def __init__(self, model, tokenizer, batch_size: int = 32):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    def process(self, number, records) -> list[dict]:
+        texts = [r.text for r in records]
+        return [{"text": t, **r} for t, r in zip(texts, classify_with(self.model, self.tokenizer, texts,
+                                                                       self.batch_size))]
+
+    def failed(self, record) -> dict:
+        return {"text": record.text, "error": record.problem}
+
+
+def classify_to_file(model_dir, source, output, *, batch_size: int = 32, window: int | None = None,
+                     overwrite: bool = False, progress: bool = False) -> dict:
+    """Label every post of `source` (`postformer.processing.Lines(file)`, `Texts(list)`, `open_posts(...)`) into
+    the JSON lines file `output`: one line per input record, in input order (`ClassifyJob`'s records), written
+    window by window; a rerun after a crash resumes, under any launcher (`postformer.processing.runs`). The
+    classifier is loaded only when there is work to do. Returns the run's summary (`runs.run_to_file`)."""
+    from .processing.runs import WINDOW, model_identity, run_to_file
+
+    return run_to_file("classify", source, output, model_identity(model_dir),
+                       lambda: ClassifyJob(*load_classifier(model_dir), batch_size),
+                       window=window or WINDOW, overwrite=overwrite, progress=progress)
+
+
+def label_counts(path) -> tuple[dict, int]:
+    """How many lines of a classify output file got each label, and how many have no post (an "error")."""
+    counts, failed = Counter(), 0
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            record = json.loads(line)
+            if "label" in record:
+                counts[record["label"]] += 1
+            else:
+                failed += 1
+    return dict(counts.most_common()), failed
 
 
 __all__ = [
     "LabelledPosts", "load_labelled_posts", "init_classifier", "train_classifier",
-    "classify_with", "classify_posts", "accuracy", "macro_f1", "per_class_scores",
+    "classify_with", "classify_posts", "load_classifier", "ClassifyJob", "classify_to_file", "label_counts", "accuracy",
+    "macro_f1", "per_class_scores",
 ]

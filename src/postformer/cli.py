@@ -37,75 +37,129 @@ def _train_tokenizer(args):
         print(json.dumps(report, indent=2))
 
 
-def _read_prompts(args) -> list[str]:
+def _read_prompts(args):
     """Prompts from the arguments, else --prompts-file, else stdin when it is not a terminal, else one empty
-    prompt (start a new post). One prompt per line in a file or on stdin; blank lines are skipped."""
+    prompt (start a new post): a `postformer.processing` source. One prompt per line in a file or on stdin;
+    blank lines are not prompts. A file is read as it is consumed (it can be larger than memory); stdin is read
+    whole."""
+    from .processing import Lines, Texts
+
     if args.prompts and args.prompts_file:
         raise ValueError("give prompts as arguments or with --prompts-file, not both")
     if args.prompts:
-        return list(args.prompts)
+        return Texts(args.prompts, "prompt", first=1, allow_empty=True)
     if args.prompts_file:
-        from .data import read_text
-
-        text = read_text(args.prompts_file, "prompts file")
-        empty = f"prompts file {args.prompts_file!r} holds no prompts"
-    elif sys.stdin is not None and not sys.stdin.isatty():
+        if not os.path.isfile(args.prompts_file):
+            raise FileNotFoundError(f"prompts file not found: {args.prompts_file}")
+        return Lines(args.prompts_file, "prompt", no_posts=f"prompts file {args.prompts_file!r} holds no prompts "
+                     "(expected one prompt per line); pass PROMPT arguments, or '' to start a new post")
+    if sys.stdin is not None and not sys.stdin.isatty():
         try:
-            text, empty = sys.stdin.read(), "no prompts on standard input"
+            text = sys.stdin.read()
         except UnicodeDecodeError as error:
             raise ValueError(f"standard input is not {error.encoding} text: byte 0x{error.object[error.start]:02x} "
                              f"cannot be decoded ({error.reason}); give prompts as UTF-8") from None
-    else:
-        return [""]
-    prompts = [line for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(
-            f"{empty} (expected one prompt per line); pass PROMPT arguments, or '' to start a new post"
-        )
-    return prompts
+        prompts = [line for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError("no prompts on standard input (expected one prompt per line); pass PROMPT arguments, or "
+                             "'' to start a new post")
+        return Texts(prompts, "prompt", first=1, allow_empty=True)
+    return Texts([""], "prompt", first=1, allow_empty=True)
 
 
 def _generate(args):
-    from .generation import format_generations, generate_posts
+    from .generation import GenerateJob, format_generations, generate_posts, generate_to_file, prompt_name
     from .model_files import load_model
+    from .processing import Texts, process_posts, processes
 
-    prompts = _read_prompts(args)
+    source = _read_prompts(args)
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                   no_repeat_ngram_size=args.no_repeat_ngram_size, num_return_sequences=args.num_return_sequences,
+                   seed=args.seed, do_sample=False if args.greedy else None, batch_size=args.batch_size,
+                   compile=args.compile)
+    if args.output:
+        summary = generate_to_file(args.model, source, args.output, window=args.window_posts,
+                                   overwrite=args.overwrite, progress=_show_progress(args), **options)
+        if _report_run(args, summary):
+            failed = summary["lines"] - summary["posts"]
+            print(f"{summary['posts']} prompt(s) continued: {summary['lines']} line(s), one per input line, in "
+                  f"{args.output}" + (f" ({failed} blank line(s) have an \"error\" instead)" if failed else ""))
+        return
     model, tokenizer = load_model(args.model)
-    streamer = None
-    if not (args.no_stream or args.json) and len(prompts) == 1 and args.num_return_sequences == 1:
+    model.to(processes().device)
+    if (isinstance(source, Texts) and len(source.texts) == 1 and args.num_return_sequences == 1
+            and not (args.no_stream or args.json)):
         from transformers import TextStreamer
+
+        prompt = source.texts[0]
 
         class PromptStreamer(TextStreamer):
             """Prints the prompt's header when generation starts (after the inputs are checked), then the text."""
 
             def put(self, value):
                 if self.next_tokens_are_prompt:
-                    print(f"prompt 1: {prompts[0]!r}\n  [1] {prompts[0]}", end="", flush=True)
+                    print(f"prompt 1: {prompt!r}\n  [1] {prompt}", end="", flush=True)
                 super().put(value)
 
         streamer = PromptStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    generations = generate_posts(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
-        num_return_sequences=args.num_return_sequences,
-        seed=args.seed,
-        do_sample=False if args.greedy else None,
-        streamer=streamer,
-        batch_size=args.batch_size,
-        compile=args.compile,
-    )
+        generate_posts(model, tokenizer, [prompt], streamer=streamer, **options)
+        return
+    job = GenerateJob(model, tokenizer, prompt_name(source), **options)
+    printer, printed = _JsonList(), [0]
+
+    def show(records, lines):  # as each window is done; blank lines of a file are not prompts, as before
+        done = [line for line in lines if "generations" in line]
+        if args.json:
+            for line in done:
+                printer.add(line)
+        elif done:
+            print(format_generations([d["prompt"] for d in done], [d["generations"] for d in done], printed[0] + 1),
+                  flush=True)
+        printed[0] += len(done)
+
+    process_posts(job, source, show, window=args.window_posts, progress=_show_progress(args))
     if args.json:
-        records = [{"prompt": p, "generations": g} for p, g in zip(prompts, generations)]
-        print(json.dumps(records, ensure_ascii=False, indent=2))
-    elif streamer is None:
-        print(format_generations(prompts, generations))
+        printer.close()
+
+
+class _JsonList:
+    """Prints a JSON list a record at a time, as `json.dumps(records, ensure_ascii=False, indent=2)` prints it
+    whole: the results of a long input appear as they come, and memory holds one window."""
+
+    def __init__(self):
+        self.count = 0
+
+    def add(self, record: dict) -> None:
+        import textwrap
+
+        text = textwrap.indent(json.dumps(record, ensure_ascii=False, indent=2), "  ")
+        print(("[\n" if self.count == 0 else ",\n") + text, end="", flush=True)
+        self.count += 1
+
+    def close(self) -> None:
+        print("\n]" if self.count else "[]")
+
+
+def _show_progress(args) -> bool:
+    """A posts/s display on a terminal (not in logs or captured output), unless --quiet."""
+    return not getattr(args, "quiet", False) and sys.stderr is not None and sys.stderr.isatty()
+
+
+def _report_run(args, summary: dict) -> bool:
+    """Say on stderr when a run with --output was resumed or found complete; True in the process that reports
+    (process 0 under a launcher: the others return quietly)."""
+    from .processing import processes
+
+    if processes().rank != 0:
+        return False
+    if summary["already_complete"]:
+        print(f"postformer {args.command}: {args.output} is complete already ({summary['lines']} lines): nothing was "
+              "recomputed (--overwrite redoes it)", file=sys.stderr)
+    elif summary["done_before"]:
+        print(f"postformer {args.command}: resumed {args.output} after the {summary['done_before']} line(s) an earlier "
+              "run had written", file=sys.stderr)
+    return True
 
 
 def _train(args):
@@ -122,13 +176,13 @@ def _train(args):
           f"{training_args.output_dir}")
 
 
-def _posts_from_data(args) -> list[str]:
-    """The posts of --data (a file: all its posts; a folder: its --split), the first --max-posts of them."""
-    from .data import load_posts_split
+def _posts_source(args):
+    """The posts of --data (a file: all its posts; a folder: its --split) as a stream (`open_posts`)."""
+    from .processing import open_posts
 
     if args.max_posts is not None and args.max_posts < 1:
         raise ValueError(f"--max-posts must be at least 1, got {args.max_posts}")
-    return load_posts_split(args.data, args.text_field, args.split, _on_bad_lines(args))[: args.max_posts]
+    return open_posts(args.data, args.text_field, args.split, _on_bad_lines(args))
 
 
 def _on_bad_lines(args) -> str:
@@ -136,12 +190,17 @@ def _on_bad_lines(args) -> str:
 
 
 def _evaluate(args):
-    from .evaluation import evaluate_posts
+    from .evaluation import evaluate_source
     from .model_files import load_model
+    from .processing import processes
 
-    texts = _posts_from_data(args)
+    source = _posts_source(args)
     model, tokenizer = load_model(args.model)
-    metrics = evaluate_posts(model, tokenizer, texts, batch_size=args.batch_size, stride=args.stride)
+    metrics = evaluate_source(model.to(processes().device), tokenizer, source, batch_size=args.batch_size,
+                              stride=args.stride, window=args.window_posts, max_posts=args.max_posts,
+                              progress=_show_progress(args))
+    if processes().rank != 0:  # under a launcher, report once
+        return
     from pathlib import Path
 
     from .saving import write_text
@@ -155,22 +214,42 @@ def _evaluate(args):
 
 
 def _score(args):
-    from .evaluation import score_posts
+    from .evaluation import ScoreJob, most_unusual, score_to_file
     from .model_files import load_model
+    from .processing import Texts, process_posts, processes
 
     if args.texts and args.data:
         raise ValueError("give posts as TEXT arguments or with --data, not both")
-    texts = list(args.texts) if args.texts else _posts_from_data(args)
-    model, tokenizer = load_model(args.model)
-    scored = score_posts(model, tokenizer, texts, batch_size=args.batch_size, stride=args.stride)
+    source = Texts(args.texts) if args.texts else _posts_source(args)
+    max_posts = None if args.texts else args.max_posts
     if args.output:  # every post, with its per-token losses, one JSON object per line
-        with open(args.output, "w", encoding="utf-8") as file:
-            file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in scored)
-    ranked = sorted(scored, key=lambda record: record["loss"], reverse=True)[: args.top]
+        options = {"text_field": args.text_field, "split": args.split, "skip_bad_lines": args.skip_bad_lines}
+        summary = score_to_file(args.model, source, args.output, batch_size=args.batch_size, stride=args.stride,
+                                window=args.window_posts, max_posts=max_posts, overwrite=args.overwrite,
+                                options=options, progress=_show_progress(args))
+        if not _report_run(args, summary):
+            return
+        posts, ranked = summary["posts"], most_unusual(args.output, args.top)
+    else:
+        import heapq
+
+        model, tokenizer = load_model(args.model)
+        job = ScoreJob(model.to(processes().device), tokenizer, args.batch_size, args.stride)
+        top = []  # (loss, -index, record): the --top highest losses, the earlier post first on a tie
+
+        def keep(records, lines):
+            for line in lines:
+                if "loss" in line:
+                    item = (line["loss"], -line["index"], line)
+                    (heapq.heappush if len(top) < args.top else heapq.heappushpop)(top, item)
+
+        posts = process_posts(job, source, keep, window=args.window_posts, max_posts=max_posts,
+                              progress=_show_progress(args)).posts
+        ranked = [item[2] for item in sorted(top, reverse=True)]
     if args.json:
         print(json.dumps(ranked, ensure_ascii=False, indent=2))
         return
-    print(f"{len(scored)} posts scored; the {len(ranked)} most unusual (highest mean token loss) first "
+    print(f"{posts} posts scored; the {len(ranked)} most unusual (highest mean token loss) first "
           "(#N: the post's number in the input, from 1):")
     for record in ranked:
         text = record["text"].replace("\n", " ")
@@ -221,27 +300,44 @@ def _classify_train(args):
 
 
 def _classify(args):
-    from .classification import classify_posts
+    from .classification import ClassifyJob, classify_to_file, label_counts, load_classifier
+    from .processing import Lines, Texts, process_posts
 
     if args.texts and args.file:
         raise ValueError("give posts as arguments or with --file, not both")
-    if args.file:
-        from .data import read_text
-
-        texts = [line for line in read_text(args.file, "posts file").splitlines() if line.strip()]
-        if not texts:
-            raise ValueError(f"file {args.file!r} holds no posts (expected one post per line)")
+    if args.file:  # read as it is consumed: it can be larger than memory
+        if not os.path.isfile(args.file):
+            raise FileNotFoundError(f"posts file not found: {args.file}")
+        source = Lines(args.file, "post")
     elif args.texts:
-        texts = list(args.texts)
+        source = Texts(args.texts)
     else:
         raise ValueError("no posts to classify: give TEXT arguments or --file with one post per line")
-    results = classify_posts(args.model, texts, batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps([{"text": t, **r} for t, r in zip(texts, results)], ensure_ascii=False, indent=2))
+    if args.output:
+        summary = classify_to_file(args.model, source, args.output, batch_size=args.batch_size,
+                                   window=args.window_posts, overwrite=args.overwrite, progress=_show_progress(args))
+        if _report_run(args, summary):
+            counts, failed = label_counts(args.output)
+            print(f"{summary['posts']} post(s) classified: {summary['lines']} line(s), one per input line, in "
+                  f"{args.output}" + (f" ({failed} blank line(s) have an \"error\" instead)" if failed else ""))
+            print("labels: " + ", ".join(f"{label} {count}" for label, count in counts.items()))
         return
-    for text, result in zip(texts, results):
-        text = text.replace("\n", " ")
-        print(f"{result['label']}\t{result['score']:.3f}\t{text[:80]}{'...' if len(text) > 80 else ''}")
+    job = ClassifyJob(*load_classifier(args.model), args.batch_size)
+    printer = _JsonList()
+
+    def show(records, lines):  # as each window is done; blank lines are not posts, as before
+        for line in lines:
+            if "label" not in line:
+                continue
+            if args.json:
+                printer.add(line)
+            else:
+                text = line["text"].replace("\n", " ")
+                print(f"{line['label']}\t{line['score']:.3f}\t{text[:80]}{'...' if len(text) > 80 else ''}")
+
+    process_posts(job, source, show, window=args.window_posts, progress=_show_progress(args))
+    if args.json:
+        printer.close()
 
 
 def _attention(args):
@@ -329,6 +425,34 @@ def _add_posts_flags(parser: argparse.ArgumentParser, default: str) -> None:
                         "(default: half the context)")
 
 
+def _at_least_one(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _add_window_flag(parser: argparse.ArgumentParser) -> None:
+    from .processing import WINDOW
+
+    parser.add_argument("--window-posts", type=_at_least_one, default=WINDOW, metavar="N",
+                        help=f"posts read ahead, sorted by length and batched together (less padding), results still "
+                        f"in input order; with --output, the unit of progress a rerun resumes from (default: {WINDOW})")
+
+
+def _add_output_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--output", help=f"write {what} to this JSONL file, one line per input post (line, record) in "
+                        "input order, as the work goes; rerun the same command to resume after a crash (progress is "
+                        "kept in OUTPUT.progress/); under torchrun / accelerate launch the processes share the posts "
+                        "and write one merged file")
+    parser.add_argument("--overwrite", action="store_true", help="start --output over, even when it holds another "
+                        "or an unfinished run (a finished run of the same command is otherwise not redone)")
+    _add_window_flag(parser)
+
+
 def _add_skip_bad_lines_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad-lines", action="store_true", help="skip malformed JSON lines and CSV rows "
                         "(and posts that are not text) with a warning giving their count, instead of stopping at the "
@@ -401,11 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "which is faster on CPUs")
     gen.add_argument("--no-stream", action="store_true", help="print a single continuation at the end, not as it comes")
     gen.add_argument("--json", action="store_true", help="print a JSON list of {prompt, generations}")
+    _add_output_flags(gen, "each prompt's {prompt, generations} (a blank line: {prompt, error})")
     gen.set_defaults(func=_generate)
     ev = commands.add_parser("evaluate", help="loss, perplexity and bits per character of a model on posts")
     ev.add_argument("--model", required=True, help="folder holding the model and its tokenizer, or a Hub repo id")
     _add_posts_flags(ev, "the bundled sample")
     ev.add_argument("--output", help="also write the metrics to this JSON file")
+    _add_window_flag(ev)
     ev.set_defaults(func=_evaluate)
 
     sc = commands.add_parser("score", help="each post's mean token loss (find unusual or spammy posts)")
@@ -413,8 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", required=True, help="folder holding the model and its tokenizer, or a Hub repo id")
     _add_posts_flags(sc, "the bundled sample")
     sc.add_argument("--top", type=int, default=20, help="print the N highest-loss posts (default: 20)")
-    sc.add_argument("--output", help="write every post with its per-token losses to this JSONL file")
     sc.add_argument("--json", action="store_true", help="print the top posts as JSON, with per-token losses")
+    _add_output_flags(sc, "every post with its per-token losses (a record without a post: {index, text, error})")
     sc.set_defaults(func=_score)
 
     ct = _add_training_command(
@@ -433,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--file", "--prompts-file", help="file with one post per line")
     cl.add_argument("--batch-size", type=int, default=32, help="posts classified together (default: 32)")
     cl.add_argument("--json", action="store_true", help="print a JSON list of {text, label, score, scores}")
+    _add_output_flags(cl, "each post's {text, label, score, scores} (a blank line: {text, error})")
     cl.set_defaults(func=_classify)
 
     cmp = commands.add_parser(
@@ -611,7 +738,9 @@ def main(argv=None) -> int:
                   f"postformer {shlex.join(again)}", file=sys.stderr)
             return 130
         except KeyboardInterrupt:  # Ctrl-C elsewhere: one line, the usual exit status, no traceback
-            print(f"\npostformer {args.command}: interrupted", file=sys.stderr)
+            resume = "; the same command resumes where it stopped" if getattr(args, "overwrite", None) is not None \
+                and args.output else ""
+            print(f"\npostformer {args.command}: interrupted{resume}", file=sys.stderr)
             return 130
         except USER_ERRORS as error:
             print(f"postformer {args.command}: error: {error}", file=sys.stderr)

@@ -9,6 +9,9 @@ Prompts are encoded as the tokenizer encodes a post: "<s>" then the text, with n
 model continues it. An empty prompt is just "<s>": the model starts a new post. Generation stops at
 end-of-post ("</s>") or at the separator ("<sep>"), the model's `generation_config.eos_token_id`.
 
+`generate_to_file` continues the prompts of a file of any size into a JSON lines file, a window of prompts at a
+time, resuming after a crash and shared among the processes of a launch (`postformer.processing`).
+
 Sampling settings not given take the model's own (its generation_config.json, where `postformer train` writes
 `POSTS_SAMPLING`, so `model.generate` and `pipeline("text-generation")` sample the same way), else
 `POSTS_SAMPLING`: the settings benchmarks/bench_sampling.py found to read most like posts.
@@ -127,6 +130,30 @@ def generate_token_ids(
     including the stop token (end-of-post or separator) when one was generated, without padding.
     compile=True: transformers' compiled path, `compiled_generation_options` (the first call compiles). Sampling
     settings left None take `sampling_defaults(model)`."""
+    encoded, options, stop_ids = _prepare(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p,
+                                          repetition_penalty, no_repeat_ngram_size, num_return_sequences, seed,
+                                          do_sample, streamer, batch_size, compile)
+    if seed is not None:
+        set_seed(int(seed))
+    device = model.device
+    results = []
+    for start in range(0, len(prompts), batch_size):
+        batch = [{"input_ids": ids} for ids in encoded[start : start + batch_size]]
+        inputs = tokenizer.pad(batch, padding=True, padding_side="left", return_tensors="pt")
+        input_ids = inputs["input_ids"].to(device)
+        attention_mask = inputs["attention_mask"].to(device)
+        with torch.no_grad():
+            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
+        new_tokens = output[:, input_ids.shape[1] :].tolist()
+        for row in range(len(batch)):
+            rows = new_tokens[row * num_return_sequences : (row + 1) * num_return_sequences]
+            results.append([until_stop(ids, stop_ids) for ids in rows])
+    return results
+
+
+def _prepare(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+             no_repeat_ngram_size, num_return_sequences, seed, do_sample, streamer, batch_size, compile):
+    """`generate_token_ids`'s checks and `generate` options: (the prompts' token ids, the options, the stop ids)."""
     given = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                  repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
     settings = {name: value if given[name] is None else given[name] for name, value in sampling_defaults(model).items()}
@@ -181,23 +208,7 @@ def generate_token_ids(
     GenerationConfig(**options).validate(strict=True)
     if streamer is not None:
         options["streamer"] = streamer
-
-    if seed is not None:
-        set_seed(int(seed))
-    device = model.device
-    results = []
-    for start in range(0, len(prompts), batch_size):
-        batch = [{"input_ids": ids} for ids in encoded[start : start + batch_size]]
-        inputs = tokenizer.pad(batch, padding=True, padding_side="left", return_tensors="pt")
-        input_ids = inputs["input_ids"].to(device)
-        attention_mask = inputs["attention_mask"].to(device)
-        with torch.no_grad():
-            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
-        new_tokens = output[:, input_ids.shape[1] :].tolist()
-        for row in range(len(batch)):
-            rows = new_tokens[row * num_return_sequences : (row + 1) * num_return_sequences]
-            results.append([until_stop(ids, stop_ids) for ids in rows])
-    return results
+    return encoded, options, stop_ids
 
 
 def generate_posts(model, tokenizer, prompts: list[str], **options) -> list[list[str]]:
@@ -219,6 +230,83 @@ def generate_posts(model, tokenizer, prompts: list[str], **options) -> list[list
     ]
 
 
+def window_seed(seed: int, window: int) -> int:
+    """The seed of a window of prompts in a run over a file: `seed` itself for the first, then one per window (a
+    resumed or shared-out run reseeds at each window, so its text is that of an uninterrupted run)."""
+    return (seed + 1_000_003 * window) % 2**32
+
+
+class GenerateJob:
+    """`postformer generate`'s work on a window of prompts (see `postformer.processing.Job`): each prompt's
+    {"prompt", "generations"} (the --json records), or {"prompt", "error"} for a blank line. The prompts of a
+    window are sorted by length and generated in left-padded batches of neighbours; with a seed, each window is
+    seeded with `window_seed`. `options`: those of `generate_token_ids` (streamer aside). The options are checked
+    when the job is made, before any prompt."""
+
+    command = "generate"
+
+    def __init__(self, model, tokenizer, describe=lambda record: f"prompt {record.index + 1}", **options):
+        self.model, self.tokenizer, self.describe = model, tokenizer, describe
+        self.seed, self.options = options.pop("seed", None), options
+        _prepare(model, tokenizer, [""], **{**_PREPARE_DEFAULTS, **options, "seed": self.seed})
+
+    def process(self, number, records) -> list[dict]:
+        prompts = [r.text for r in records]
+        lengths = [len(ids) for ids in self.tokenizer(prompts, verbose=False)["input_ids"]]
+        limit, new = self.model.config.max_position_embeddings, self.options.get("max_new_tokens", 60)
+        for record, length in zip(records, lengths):
+            if length + new > limit:
+                raise ValueError(f"{self.describe(record)} is too long: {length} tokens + max_new_tokens={new} = "
+                                 f"{length + new} exceeds the model's limit of {limit} positions "
+                                 "(max_position_embeddings); shorten the prompt or lower max_new_tokens")
+        order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+        seed = None if self.seed is None else window_seed(self.seed, number)
+        token_ids = generate_token_ids(self.model, self.tokenizer, [prompts[i] for i in order], seed=seed,
+                                       **self.options)
+        generations = [None] * len(prompts)
+        for index, sequences in zip(order, token_ids):
+            generations[index] = [self.tokenizer.decode(ids, skip_special_tokens=True,
+                                                        clean_up_tokenization_spaces=False) for ids in sequences]
+        return [{"prompt": p, "generations": g} for p, g in zip(prompts, generations)]
+
+    def failed(self, record) -> dict:
+        return {"prompt": record.text, "error": record.problem}
+
+
+def prompt_name(source):
+    """How `GenerateJob`'s errors name a prompt of `source`: by its line in a file, else by its number."""
+    from .processing import Lines
+
+    if isinstance(source, Lines):
+        return lambda record: f"the prompt on line {record.index + 1} of {source.name}"
+    return lambda record: f"prompt {record.index + 1}"
+
+
+_PREPARE_DEFAULTS = dict(max_new_tokens=60, temperature=None, top_k=None, top_p=None, repetition_penalty=None,
+                         no_repeat_ngram_size=None, num_return_sequences=1, seed=None, do_sample=None, streamer=None,
+                         batch_size=8, compile=False)
+
+
+def generate_to_file(model_dir, source, output, *, window: int | None = None, overwrite: bool = False,
+                     progress: bool = False, **options) -> dict:
+    """Continue every prompt of `source` (`postformer.processing.Lines(file, "prompt")`, `Texts(list)`) into the
+    JSON lines file `output`: one line per input line, in input order (`GenerateJob`'s records), written window by
+    window; a rerun after a crash resumes, under any launcher (`postformer.processing.runs`). `options`: those of
+    `generate_token_ids`; with a `seed`, the text is that of an uninterrupted 1-process run. The model is loaded
+    only when there is work to do. Returns the run's summary (`runs.run_to_file`)."""
+    from .model_files import load_model
+    from .processing.runs import WINDOW, model_identity, processes, run_to_file
+
+    def job():
+        model, tokenizer = load_model(model_dir)
+        return GenerateJob(model.to(processes().device), tokenizer, prompt_name(source), **options)
+
+    # compile changes no text; batch_size changes the random draws of sampling, so it is recorded
+    recorded = {**model_identity(model_dir), **{k: v for k, v in options.items() if k != "compile"}}
+    return run_to_file("generate", source, output, recorded, job, window=window or WINDOW, overwrite=overwrite,
+                       progress=progress)
+
+
 def find_loop(ids: list[int], min_repeats: int = 3, min_span: int = 12, max_period: int = 32) -> dict | None:
     """The loop a generation ends in, if any: a unit of `period` tokens repeated back to back at least
     `min_repeats` times, covering at least `min_span` tokens, at the end of `ids` (a greedy decoder that loops
@@ -238,10 +326,11 @@ def find_loop(ids: list[int], min_repeats: int = 3, min_span: int = 12, max_peri
     return None
 
 
-def format_generations(prompts: list[str], generations: list[list[str]]) -> str:
-    """Each prompt and its continuations, readably: the prompt, then each full post (prompt + continuation)."""
+def format_generations(prompts: list[str], generations: list[list[str]], first: int = 1) -> str:
+    """Each prompt and its continuations, readably: the prompt (numbered from `first`), then each full post
+    (prompt + continuation)."""
     lines = []
-    for index, (prompt, continuations) in enumerate(zip(prompts, generations), start=1):
+    for index, (prompt, continuations) in enumerate(zip(prompts, generations), start=first):
         lines.append(f"prompt {index}: {prompt!r}")
         for number, continuation in enumerate(continuations, start=1):
             post = (prompt + continuation).replace("\n", "\n      ")
@@ -249,4 +338,5 @@ def format_generations(prompts: list[str], generations: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["compiled_generation_options", "generate_token_ids", "generate_posts", "format_generations"]
+__all__ = ["compiled_generation_options", "generate_token_ids", "generate_posts", "format_generations", "GenerateJob",
+           "generate_to_file", "window_seed"]

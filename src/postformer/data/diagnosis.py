@@ -33,15 +33,19 @@ def _undecodable(path: Path, chunk_size: int = 1 << 20) -> str | None:
                 data = error.object  # bytes held back from the previous chunk (never a newline), then this chunk
                 bad = offset - (len(data) - len(chunk)) + error.start
                 line = lines + data[: error.start].count(b"\n")
-                hint = " (it starts with a UTF-16 byte-order mark: save it as UTF-8)" if bad == 0 and data[:2] in (
-                    b"\xff\xfe", b"\xfe\xff") else ""
-                return (f"{path} is not UTF-8 text: byte 0x{data[error.start]:02x} at byte offset {bad} (line {line}) "
-                        f"cannot be decoded ({error.reason}){hint}; convert the file to UTF-8")
+                return _not_utf8(path, data[error.start :], bad, line, error.reason)
             if not chunk:
                 return None
             offset += len(chunk)
             lines += chunk.count(b"\n")
 
+
+def _not_utf8(path: Path, data: bytes, offset: int, line: int, reason: str) -> str:
+    """The sentence naming the first byte of a file that is not UTF-8: `data` starts with it, at byte `offset`."""
+    hint = (" (it starts with a UTF-16 byte-order mark: save it as UTF-8)"
+            if offset == 0 and data[:2] in (b"\xff\xfe", b"\xfe\xff") else "")
+    return (f"{path} is not UTF-8 text: byte 0x{data[0]:02x} at byte offset {offset} (line {line}) cannot be decoded "
+            f"({reason}){hint}; convert the file to UTF-8")
 
 
 def _diagnose(path: Path, builder: str, sep: str, error: BaseException) -> None:
@@ -99,33 +103,33 @@ def _json_lines(path: Path):
                 raw = raw.removeprefix(b"\xef\xbb\xbf")
             if not raw.strip():
                 continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                yield number, raw, None, f"not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
-                continue
-            try:
-                record = json.loads(text)
-                surrogate = next((m.group() for m in map(_LONE_SURROGATE.search, _strings(record)) if m), None)
-            except json.JSONDecodeError as error:
-                snippet = text.strip()
-                snippet = snippet if len(snippet) <= 60 else snippet[:57] + "..."
-                # json's messages may end in "at" themselves ("Unterminated string starting at")
-                message = error.msg.removesuffix(" at")
-                yield number, raw, None, f"not valid JSON ({message} at column {error.colno}): {snippet!r}"
-                continue
-            except RecursionError:
-                yield number, raw, None, "JSON nested too deeply to read"
-                continue
-            if not isinstance(record, dict):
-                yield number, raw, None, (f"expected a JSON object such as {{\"text\": \"...\"}}, got "
-                                          f"{type(record).__name__} {text.strip()[:40]!r}")
-                continue
-            if surrogate is not None:  # JSON allows the escape; pyarrow, the tokenizer and UTF-8 do not
-                yield number, raw, None, (f"a string holds the escape \\u{ord(surrogate):04x}, a lone surrogate "
-                                          "(half of an emoji cut in two), which is not text")
-                continue
-            yield number, raw, record, None
+            yield number, raw, *_json_line(raw)
+
+
+def _json_line(raw: bytes) -> tuple[dict | None, str | None]:
+    """(record, None) for a non-blank line of JSON lines that holds a JSON object, else (None, what is wrong)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return None, f"not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
+    try:
+        record = json.loads(text)
+        surrogate = next((m.group() for m in map(_LONE_SURROGATE.search, _strings(record)) if m), None)
+    except json.JSONDecodeError as error:
+        snippet = text.strip()
+        snippet = snippet if len(snippet) <= 60 else snippet[:57] + "..."
+        # json's messages may end in "at" themselves ("Unterminated string starting at")
+        message = error.msg.removesuffix(" at")
+        return None, f"not valid JSON ({message} at column {error.colno}): {snippet!r}"
+    except RecursionError:
+        return None, "JSON nested too deeply to read"
+    if not isinstance(record, dict):
+        return None, (f"expected a JSON object such as {{\"text\": \"...\"}}, got {type(record).__name__} "
+                      f"{text.strip()[:40]!r}")
+    if surrogate is not None:  # JSON allows the escape; pyarrow, the tokenizer and UTF-8 do not
+        return None, (f"a string holds the escape \\u{ord(surrogate):04x}, a lone surrogate (half of an emoji cut in "
+                      "two), which is not text")
+    return record, None
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
