@@ -73,8 +73,9 @@ fp32 weights, so more than weights alone) is compared with; two measures, the sa
       buffers and lazily imported code) and the total. A fresh process per model, so neither inherits the other's
       malloc cache.
 The design's figure is compared with (b)'s increase: a serving process is what a memory figure for a model
-describes, and the design's ~10x of the weights is not a tensor count ((a) is about 2x the weights); (a) is shown
-beside it.
+describes, and the design's ~10x of the weights is not a tensor count ((a) is the weights plus ~4 MB, mostly the
+logits: 1.9x the weights at small, less above); (a) is shown beside it. (b)'s total is mostly the libraries
+(~500 MB after the imports on Linux with torch 2.13), the same for both models.
 
 Ratios: speed-up = llama ms / postformer ms and tokens/s ratio = postformer / llama (> 1: Postformer faster);
 memory ratio = postformer / llama (< 1: Postformer smaller). Results go to speed.json and speed.md in
@@ -84,7 +85,9 @@ at equal parameters: forward batch 1 x 128 >= 1.3x Llama at every preset; traini
 Llama's plain generate) >= 3x at batch 1 and >= 2x at batch 8 at every preset; peak training memory <= Llama's.
 
     python benchmarks/bench_speed.py                        # small, medium, large: meant to take <= 15 minutes
-                                                            # on 2 quiet cores (the report states its total)
+                                                            # on 2 quiet cores, ~8 expected (the report states
+                                                            # its total); --repeats, --calls, --train-repeats,
+                                                            # --gen-repeats, --warmup set the repetitions
     python benchmarks/bench_speed.py --presets large --skip-generation
     python benchmarks/bench_speed.py --quick --output-dir /tmp/speedsmoke   # smoke run: every code path,
                                                             # numbers mean nothing
@@ -758,14 +761,19 @@ def generation_table(results) -> list[str]:
     lines = ["| preset | batch | Postformer tokens/s | Postformer, transformers' loop | Postformer compiled "
              "| Llama tokens/s | Llama compiled | Postformer / Llama | Postformer / Llama compiled "
              "| transformers' loop / Llama | compiled / Llama compiled | lean tokens = transformers' loop "
-             "| compile s Postformer / Llama | recompiles while timed |",
+             "| first call (compile) s: Postformer compiled / Llama compiled | recompiles while timed |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
     for r in results:
         for batch, e in (r.get("generation") or {}).items():
-            tps, ratios, compile_s = e["tokens_per_second"], e["ratios"], e["compile_s"]
+            tps, ratios = e["tokens_per_second"], e["ratios"]
 
             def cell(name):
                 return "failed" if name in e["errors"] else fmt(tps.get(name), ",.0f")
+
+            def first(name):
+                if name not in e["first_call_s"]:
+                    return "—"
+                return f"{e['first_call_s'][name]:.1f} ({fmt(e['compile_s'].get(name), '.1f')})"
 
             same = get(e, "tokens_compared", "postformer_vs_postformer_hf_loop")
             same = "—" if same is None else ("yes" if same["identical"] else
@@ -777,7 +785,7 @@ def generation_table(results) -> list[str]:
                 f"| {fmt(ratios['postformer_over_llama_compiled'], '.2f', 'x')} "
                 f"| {fmt(ratios['postformer_hf_loop_over_llama'], '.2f', 'x')} "
                 f"| {fmt(ratios['postformer_compiled_over_llama_compiled'], '.2f', 'x')} | {same} "
-                f"| {fmt(compile_s.get('postformer_compiled'), '.1f')} / {fmt(compile_s.get('llama_compiled'), '.1f')} "
+                f"| {first('postformer_compiled')} / {first('llama_compiled')} "
                 f"| {e['recompiles_during_timing']} |")
     return lines
 
@@ -890,8 +898,9 @@ def markdown(report) -> str:
                 "transformers' loop: `transformers.GenerationMixin.generate(model, ...)`; compiled: "
                 "`generate(**compiled_generation_options())`, static cache + compiled decoding step (transformers' "
                 "loop). Llama: plain `generate` (the targets' yardstick) and compiled the same way. Lean tokens = "
-                "transformers' loop: the greedy tokens of the first calls compared. Compile s: the first compiled "
-                "call per batch size less the median call (excluded from the medians; compile cache: "
+                "transformers' loop: the greedy tokens of the first calls compared. First call: the first compiled "
+                "call per batch size, which compiles (excluded from the medians); compile s: that call less the "
+                "median call (compile cache: "
                 f"{settings['compile_cache']}). Recompiles while timed: new Dynamo graphs during the timed calls "
                 "(should be 0)."]
         errors = [f"- {r['preset']} batch {b.lstrip('b')} {name}: {msg}" for r in results
