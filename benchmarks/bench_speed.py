@@ -61,9 +61,9 @@ copies), the CPU analogue of torch.cuda.max_memory_allocated for a fresh trainin
 take outside PyTorch's allocator (oneDNN scratch, the Python heap) is not counted, for either model. The
 number does not depend on machine load: it repeats to the byte from run to run.
 
-Inference memory, which the design's memory column (45 / 180 / 450 MB for small / medium / large, about 10x the
-fp32 weights, so more than weights alone) is compared with; two measures, the same way for Postformer and Llama
-(equal parameters), in MB = 10^6 bytes as the design writes them:
+Inference memory. The design's memory column (45 / 180 / 450 MB for small / medium / large) is about 10x the fp32
+weights, so it counts more than the weights. Two measures, the same way for Postformer and Llama (equal
+parameters), in MB = 10^6 bytes as the design writes them:
   (a) peak tensor memory of one inference forward, batch 1 x 128 (eval, inference_mode, use_cache=False): the
       profiler method above, weights + the highest running sum of allocations (activations, logits);
   (b) serving memory: a fresh Python process (this script, run again with --serving-memory-child) imports torch,
