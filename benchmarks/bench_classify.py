@@ -59,7 +59,7 @@ for task in TASKS:
         f"{task}-30min": (task, "posts-30min", {}, SEEDS, "the same from the 30-minute model "
                           "(examples/posts-30min.yaml)"),
         f"{task}-0.3": (task, "main-job", dict(pooling="last", class_weighting=False, learning_rate=1e-3), SEEDS,
-                        "0.3's defaults (last token, unweighted loss, lr 1e-3)"),
+                        "0.3's defaults (last token, unweighted loss, lr 1e-3; batches by length as now)"),
         f"{task}-random-batches": (task, "main-job", dict(train_sampling_strategy="random"), SEEDS,
                                    "random batches instead of batches by length"),
         f"{task}-last": (task, "main-job", dict(pooling="last"), SEEDS, "the last token instead of the mean"),
@@ -202,6 +202,8 @@ def write_markdown(results: dict, path: Path) -> None:
         lines.append(f"| {name} | {row['task']} | {row['lm']} | {row['what']} | {len(row['runs'])} | "
                      f"{row['mean_validation_macro_f1']:.3f} | {row['mean_test_macro_f1']:.3f} ± "
                      f"{row['std_test_macro_f1']:.3f} | {versus} | {row['mean_train_seconds'] / 60:.1f} min |")
+    if results.get("notes"):  # what a reader needs to know about how the rows were run
+        lines += ["", *(f"- {note}" for note in results["notes"])]
     missing = [name for name in ROWS if name not in results["rows"]]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
