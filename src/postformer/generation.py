@@ -17,6 +17,7 @@ Sampling settings not given take the model's own (its generation_config.json, wh
 `POSTS_SAMPLING`: the settings benchmarks/bench_sampling.py found to read most like posts.
 """
 
+import inspect
 import math
 import numbers
 from collections.abc import Sequence
@@ -151,6 +152,18 @@ def generate_token_ids(
     return results
 
 
+def _check_lengths(model, lengths: list[int], max_new_tokens: int, name=lambda i: f"prompt {i + 1}") -> None:
+    """Each prompt's tokens plus max_new_tokens must fit the model's positions; `name(i)` names prompt i."""
+    limit = model.config.max_position_embeddings
+    for i, length in enumerate(lengths):
+        if length + max_new_tokens > limit:
+            raise ValueError(
+                f"{name(i)} is too long: {length} tokens + max_new_tokens={max_new_tokens} = "
+                f"{length + max_new_tokens} exceeds the model's limit of {limit} positions "
+                "(max_position_embeddings); shorten the prompt or lower max_new_tokens"
+            )
+
+
 def _prepare(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
              no_repeat_ngram_size, num_return_sequences, seed, do_sample, streamer, batch_size, compile):
     """`generate_token_ids`'s checks and `generate` options: (the prompts' token ids, the options, the stop ids)."""
@@ -172,14 +185,7 @@ def _prepare(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_
 
     # verbose=False: a prompt longer than the context gets the clear error below, not the tokenizer's warning first
     encoded = [tokenizer(prompt, verbose=False)["input_ids"] for prompt in prompts]
-    limit = model.config.max_position_embeddings
-    for number, ids in enumerate(encoded, start=1):
-        if len(ids) + max_new_tokens > limit:
-            raise ValueError(
-                f"prompt {number} is too long: {len(ids)} tokens + max_new_tokens={max_new_tokens} = "
-                f"{len(ids) + max_new_tokens} exceeds the model's limit of {limit} positions "
-                "(max_position_embeddings); shorten the prompt or lower max_new_tokens"
-            )
+    _check_lengths(model, [len(ids) for ids in encoded], max_new_tokens)
 
     stop_ids = _stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id
@@ -253,12 +259,8 @@ class GenerateJob:
     def process(self, number, records) -> list[dict]:
         prompts = [r.text for r in records]
         lengths = [len(ids) for ids in self.tokenizer(prompts, verbose=False)["input_ids"]]
-        limit, new = self.model.config.max_position_embeddings, self.options.get("max_new_tokens", 60)
-        for record, length in zip(records, lengths):
-            if length + new > limit:
-                raise ValueError(f"{self.describe(record)} is too long: {length} tokens + max_new_tokens={new} = "
-                                 f"{length + new} exceeds the model's limit of {limit} positions "
-                                 "(max_position_embeddings); shorten the prompt or lower max_new_tokens")
+        max_new_tokens = self.options.get("max_new_tokens", _PREPARE_DEFAULTS["max_new_tokens"])
+        _check_lengths(self.model, lengths, max_new_tokens, lambda i: self.describe(records[i]))
         order = sorted(range(len(prompts)), key=lambda i: lengths[i])
         seed = None if self.seed is None else window_seed(self.seed, number)
         token_ids = generate_token_ids(self.model, self.tokenizer, [prompts[i] for i in order], seed=seed,
@@ -282,9 +284,10 @@ def prompt_name(source):
     return lambda record: f"prompt {record.index + 1}"
 
 
-_PREPARE_DEFAULTS = dict(max_new_tokens=60, temperature=None, top_k=None, top_p=None, repetition_penalty=None,
-                         no_repeat_ngram_size=None, num_return_sequences=1, seed=None, do_sample=None, streamer=None,
-                         batch_size=8, compile=False)
+# generate_token_ids' defaults, for the options a GenerateJob is not given
+_PREPARE_DEFAULTS = {name: parameter.default
+                     for name, parameter in inspect.signature(generate_token_ids).parameters.items()
+                     if parameter.default is not inspect.Parameter.empty}
 
 
 def generate_to_file(model_dir, source, output, *, window: int | None = None, overwrite: bool = False,
