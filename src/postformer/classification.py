@@ -3,12 +3,13 @@
 `train_classifier` reads a labelled posts file (a text and a label column), puts a new linear head on the
 language model's body (`PostformerForSequenceClassification`, which reads the mean over a post's tokens, or its
 last real token) and fine-tunes the whole model with `PostformerTrainer` (the trainer of `postformer train`,
-with the same arguments class), by default with class-balanced loss on batches of posts of similar length. It reports accuracy and macro-F1 on a held-out split (scikit-learn's metrics: scikit-learn is in
-postformer's extras), beside the majority-class baseline, and saves a Hub-style folder that
-`AutoModelForSequenceClassification` loads (after `import postformer`, or with `trust_remote_code=True` without it). `classify_posts` labels posts
-with such a folder as `transformers.pipeline("text-classification")` does, in batches of posts of similar length;
-`classify_to_file` labels a corpus of any size into a JSON lines file, resuming after a crash
-(`postformer.processing`).
+with the same arguments class), by default with a class-balanced loss on batches of posts of similar length. It
+reports accuracy and macro-F1 on a held-out split (scikit-learn's metrics: scikit-learn is in postformer's
+extras), beside the majority-class baseline, and saves a Hub-style folder that
+`AutoModelForSequenceClassification` loads (after `import postformer`, or with `trust_remote_code=True` without
+it). `classify_posts` labels posts with such a folder as `transformers.pipeline("text-classification")` does, in
+batches of posts of similar length; `classify_to_file` labels a corpus of any size into a JSON lines file,
+resuming after a crash (`postformer.processing`).
 
 Posts are encoded as the language model saw them ("<s>" then the text) and padded on the RIGHT: real tokens
 then keep positions 0..n-1 whatever the batch, so a post's label does not depend on what it is batched with,
@@ -334,10 +335,10 @@ def train_classifier(model_dir, data, output_dir, **options) -> dict:
     weight_decay, warmup_steps, seed, quiet, ...), as `postformer classify-train` takes them; `data`,
     `text_field`, `label_field`, `validation_fraction` and `seed` as `load_labelled_posts`. The whole model is
     trained by PostformerTrainer (AdamW at 3e-4, linear decay after a warm-up over the first 10% of the steps, the
-    language model's dropout; see COMMAND_DEFAULTS["classify-train"]), then scored on the validation split (and on the test split when the data has one): loss,
-    accuracy and macro-F1, beside the majority-class baseline (always the train split's commonest label), and per
-    label: its train and held-out counts, how often it was predicted, precision, recall and F1. The held-out
-    predictions are written to `output_dir/eval_predictions.jsonl` (never uploaded by `postformer push`).
+    language model's dropout; see COMMAND_DEFAULTS["classify-train"]), then scored on the validation split (and on
+    the test split when the data has one): loss, accuracy and macro-F1, beside the majority-class baseline (always
+    the train split's commonest label), and per label: its train and held-out counts, how often it was predicted,
+    precision, recall and F1. The held-out predictions are written to `output_dir/eval_predictions.jsonl` (never uploaded by `postformer push`).
     `max_length`: tokens kept of a post (longer ones are cut at the end); None: the model's context length.
 
     Raises FileExistsError when `output_dir` already holds a model, ValueError for a folder that is not a
