@@ -12,7 +12,7 @@ from conftest import run_without_postformer, tiny_config
 from safetensors.torch import load_file
 from transformers import GenerationConfig
 
-from postformer import PostformerForCausalLM
+from postformer import PostformerForCausalLM, PostformerForSequenceClassification
 from postformer.cli import main as cli
 from postformer.data import load_posts
 from postformer.generation import POSTS_SAMPLING
@@ -180,6 +180,11 @@ def test_flops_per_token_formula(tokenizer):
     model = PostformerForCausalLM(tiny_config(**config_token_ids(tokenizer)))
     n = sum(p.numel() for p in model.parameters())
     assert flops_per_token(model, 32) == 6 * n + 12 * 2 * 32 * 32
+    # A classifier has no LM head: its embedding table is looked up, not multiplied
+    classifier = PostformerForSequenceClassification(tiny_config(**config_token_ids(tokenizer), num_labels=3))
+    table = classifier.get_input_embeddings().weight.numel()
+    n = sum(p.numel() for p in classifier.parameters())
+    assert flops_per_token(classifier, 32) == 6 * (n - table) + 12 * 2 * 32 * 32
 
 
 @pytest.mark.slow

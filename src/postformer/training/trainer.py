@@ -59,9 +59,12 @@ def compute_dtype(args) -> torch.dtype:
 
 def flops_per_token(model: nn.Module, sequence_length: int) -> float:
     """Training FLOPs per token (forward + backward): 6 per parameter (tied embeddings count once, for the LM
-    head's matmul) plus attention's 12 * layers * hidden * sequence length (PaLM, appendix B)."""
+    head's matmul) plus attention's 12 * layers * hidden * sequence length (PaLM, appendix B). A model without an
+    LM head (a classifier) only looks its embeddings up: the table is left out."""
     config = model.config
     n_params = sum(p.numel() for p in model.parameters())
+    if model.get_output_embeddings() is None:
+        n_params -= model.get_input_embeddings().weight.numel()
     return 6 * n_params + 12 * config.num_hidden_layers * config.hidden_size * sequence_length
 
 
@@ -208,7 +211,7 @@ class PostformerTrainer(Trainer):
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "eval_loss" in logs:
+        if "eval_loss" in logs and self.model.get_output_embeddings() is not None:  # a language model's loss
             logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 700.0))
             if self.tokens_per_character is not None:
                 logs["eval_bits_per_character"] = logs["eval_loss"] / math.log(2) * self.tokens_per_character
