@@ -13,6 +13,7 @@ would work. The export checks its own result: the stock model's logits equal Pos
 on random ids, and greedy decoding gives the same tokens; the checks are written in the folder's README.md.
 """
 
+import copy
 import json
 from pathlib import Path
 
@@ -148,6 +149,7 @@ def convert(model, to: str):
         stock.load_state_dict({k: v.detach().float().clone() for k, v in weights.items()}, strict=True)
     if config.tie_word_embeddings:
         stock.tie_weights()
+    stock.generation_config = copy.deepcopy(model.generation_config)
     if to == "starcoder2":
         ours, theirs = model.model.rotary_emb, stock.model.rotary_emb
         if not (torch.equal(ours.inv_freq, theirs.inv_freq) and ours.attention_scaling == theirs.attention_scaling):
@@ -225,17 +227,20 @@ def export_model(model_dir, to: str, output_dir) -> dict:
     `output_dir`: model.safetensors, config.json (stock model_type, no auto_map), generation_config.json, the
     tokenizer (AutoTokenizer, no custom code) and README.md. The result is checked against the Postformer before
     anything is written (`verify`). Return the checks."""
-    from .model_files import load_model
+    from .model_files import check_model_folder, load_config, load_model
     from .saving import check_output_folder, saving
 
     if to not in TARGETS:
         raise ValueError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
     check_output_folder(output_dir)
+    path, raw = check_model_folder(model_dir)
+    if raw.get("model_type") != "postformer":
+        raise ValueError(f"{str(model_dir)!r} holds a {raw.get('model_type')!r} model; export reads Postformer models")
+    check_exportable(load_config(path, raw), to)  # refused before the weights are read
     model, tokenizer = load_model(model_dir, dtype=torch.float32)
     check_exportable(model.config, to)
     stock = convert(model, to)
     checks = verify(model, stock)
-    stock.generation_config = model.generation_config
     with saving(output_dir, "the exported model") as staging:
         stock.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -1,0 +1,139 @@
+"""Export to stock transformers architectures: Starcoder2 for rotary positions, GPT-2 for the others."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_POSTS, run_without_postformer, save_tiny_model
+from postformer.cli import main as cli
+from postformer.export import export_model
+
+ROPE_CASES = {
+    "rope default": {},
+    "rope linear": dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
+    "rope yarn": dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0}),
+    "rope dynamic": dict(rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}),
+    "rope theta, gqa, untied, eps": dict(rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+                                         num_key_value_heads=2, tie_word_embeddings=False, layer_norm_eps=1e-6),
+    "rope mqa relu2": dict(num_key_value_heads=1, hidden_act="relu2"),
+    "rope gelu_new": dict(hidden_act="gelu_new"),
+    "rope gelu_pytorch_tanh": dict(hidden_act="gelu_pytorch_tanh"),
+    "rope relu": dict(hidden_act="relu"),
+    "rope silu": dict(hidden_act="silu"),
+}
+GPT2_CASES = {
+    "learned": dict(position_embedding_type="learned"),
+    "learned untied gelu_new eps": dict(position_embedding_type="learned", tie_word_embeddings=False,
+                                        hidden_act="gelu_new", layer_norm_eps=1e-6),
+    "sinusoidal": dict(position_embedding_type="sinusoidal"),
+    "none": dict(position_embedding_type="none", hidden_act="silu"),
+    "learned gqa": dict(position_embedding_type="learned", num_key_value_heads=2),
+    "sinusoidal mqa relu2": dict(position_embedding_type="sinusoidal", num_key_value_heads=1, hidden_act="relu2"),
+}
+CASES = [("starcoder2", name, kw) for name, kw in ROPE_CASES.items()] + \
+    [("gpt2", name, kw) for name, kw in GPT2_CASES.items()]
+
+
+def _nonzero_biases(model_dir):
+    """Randomise every bias (saved models start them at zero) so that the export of biases is tested."""
+    from postformer import PostformerForCausalLM
+
+    model = PostformerForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0, 0.1)
+    model.save_pretrained(model_dir)
+
+
+@pytest.mark.parametrize("to,name,overrides", CASES, ids=[f"{to}: {name}" for to, name, _ in CASES])
+def test_export_equal_logits_and_greedy(tmp_path, to, name, overrides):
+    from transformers import AutoModelForCausalLM
+
+    from postformer import PostformerForCausalLM
+
+    model_dir = save_tiny_model(tmp_path / "model", **overrides)
+    _nonzero_biases(model_dir)
+    out = tmp_path / "out"
+    report = export_model(model_dir, to, out)
+    assert report["max_abs_logit_difference"] <= 1e-5
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == to and "auto_map" not in config
+    assert (out / "generation_config.json").is_file() and (out / "README.md").is_file()
+    ours = PostformerForCausalLM.from_pretrained(model_dir).eval()
+    stock = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(stock).__name__ == {"starcoder2": "Starcoder2ForCausalLM", "gpt2": "GPT2LMHeadModel"}[to]
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for length in (1, 5, 33, 64):
+            ids = torch.randint(0, ours.config.vocab_size, (2, length), generator=generator)
+            torch.testing.assert_close(stock(ids).logits, ours(ids).logits, atol=1e-5, rtol=0)
+        prompt = torch.randint(4, ours.config.vocab_size, (1, 6), generator=generator)
+        settings = dict(max_new_tokens=20, do_sample=False, min_new_tokens=20)
+        assert torch.equal(stock.generate(prompt, **settings), ours.generate(prompt, **settings))
+
+
+def test_export_tokenizer_round_trip_and_load_without_postformer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from postformer.data.splits import load_posts_split
+    from postformer.model_files import load_tokenizer
+
+    model_dir = save_tiny_model(tmp_path / "model")
+    out = tmp_path / "out"
+    export_model(model_dir, "starcoder2", out)
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    original, exported = load_tokenizer(model_dir), AutoTokenizer.from_pretrained(out)
+    posts = list(load_posts_split(split="validation"))
+    for text in TINY_POSTS + posts:
+        ids = original(text)["input_ids"]
+        assert exported(text)["input_ids"] == ids
+        assert exported.decode(ids) == original.decode(ids)
+    assert exported.special_tokens_map == original.special_tokens_map
+
+    code = f"""
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained({str(out)!r})
+model = AutoModelForCausalLM.from_pretrained({str(out)!r}).eval()
+ids = tok("just watched the match #football", return_tensors="pt")["input_ids"]
+out = model.generate(ids, max_new_tokens=5, do_sample=False, min_new_tokens=5)
+print(type(model).__name__, out[0].tolist())
+"""
+    printed = run_without_postformer(code, tmp_path).split()
+    assert printed[0] == "Starcoder2ForCausalLM"
+
+
+REFUSALS = [
+    ("starcoder2", dict(use_relative_position=True), "Shaw relative positions"),
+    ("gpt2", dict(use_relative_position=True, position_embedding_type="learned"), "Shaw relative positions"),
+    ("starcoder2", dict(qk_norm=True), "QK-norm"),
+    ("gpt2", dict(qk_norm=True, position_embedding_type="learned"), "QK-norm"),
+    ("starcoder2", dict(position_embedding_type="learned"), "use --to gpt2"),
+    ("starcoder2", dict(position_embedding_type="none"), "use --to gpt2"),
+    ("gpt2", {}, "use --to starcoder2"),
+]
+
+
+@pytest.mark.parametrize("to,overrides,message", REFUSALS)
+def test_export_refusals(tmp_path, to, overrides, message):
+    model_dir = save_tiny_model(tmp_path / "model", **overrides)
+    with pytest.raises(ValueError, match=message) as error:
+        export_model(model_dir, to, tmp_path / "out")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_export_cli(tmp_path, capsys):
+    model_dir = save_tiny_model(tmp_path / "model", position_embedding_type="learned")
+    capsys.readouterr()
+    assert cli(["export", "--model", str(model_dir), "--to", "starcoder2", "--output-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("postformer export: error: ") and "use --to gpt2" in err and "\n" not in err
+    assert cli(["export", "--model", str(model_dir), "--to", "gpt2", "--output-dir", str(tmp_path / "b")]) == 0
+    assert "GPT2LMHeadModel" in capsys.readouterr().out
+    # the output folder now holds a model: nothing is overwritten
+    assert cli(["export", "--model", str(model_dir), "--to", "gpt2", "--output-dir", str(tmp_path / "b")]) == 2
+    assert "already holds a model" in capsys.readouterr().err
