@@ -84,7 +84,10 @@ def test_export_tokenizer_round_trip_and_load_without_postformer(tmp_path):
     model_dir = save_tiny_model(tmp_path / "model")
     out = tmp_path / "out"
     export_model(model_dir, "starcoder2", out)
-    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert not {"auto_map", "is_local", "local_files_only"} & set(tokenizer_config)
+    assert "Starcoder2ForCausalLM" in (out / "README.md").read_text() and str(tmp_path) not in (out / "README.md").read_text()
     original, exported = load_tokenizer(model_dir), AutoTokenizer.from_pretrained(out)
     posts = list(load_posts_split(split="validation"))
     for text in TINY_POSTS + posts:

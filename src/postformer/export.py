@@ -186,8 +186,10 @@ def verify(model, stock, lengths=None, new_tokens: int = 8, seed: int = 0) -> di
     return {"lengths": list(lengths), "max_abs_logit_difference": worst, "greedy_tokens": int(settings["max_new_tokens"])}
 
 
-def model_card(source: str, to: str, stock, checks: dict) -> str:
+def model_card(source: str, to: str, stock, checks: dict, config) -> str:
     architecture = type(stock).__name__
+    positions = config.position_embedding_type + (f" ({config.rope_parameters['rope_type']})"
+                                                  if config.position_embedding_type == "rope" else "")
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -198,7 +200,9 @@ tags:
 
 # {Path(source).name} ({architecture})
 
-Exported by `postformer export --to {to}` from the Postformer model in `{source}`: the same weights, rearranged
+Exported by `postformer export --to {to}` from the Postformer model `{Path(source).name}` ({config.num_hidden_layers}
+layers, hidden size {config.hidden_size}, {config.num_attention_heads} heads / {config.num_key_value_heads} key-value
+heads, {positions} positions, {config.hidden_act}): the same weights in fp32, rearranged
 for the stock transformers architecture `{architecture}` (model_type `{stock.config.model_type}`), so no custom
 code is needed to load it.
 
@@ -246,10 +250,11 @@ def export_model(model_dir, to: str, output_dir) -> dict:
         tokenizer.save_pretrained(staging)
         tokenizer_config = Path(staging) / "tokenizer_config.json"
         values = json.loads(tokenizer_config.read_text(encoding="utf-8"))
-        values.pop("auto_map", None)
+        for key in ("auto_map", "is_local", "local_files_only"):  # custom code, and where it was loaded from here
+            values.pop(key, None)
         values["tokenizer_class"] = "PreTrainedTokenizerFast"
         tokenizer_config.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (Path(staging) / "README.md").write_text(model_card(str(model_dir), to, stock, checks), encoding="utf-8")
+        (Path(staging) / "README.md").write_text(model_card(str(model_dir), to, stock, checks, model.config), encoding="utf-8")
     return {"to": to, "architecture": type(stock).__name__, **checks}
 
 
