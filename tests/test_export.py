@@ -14,6 +14,12 @@ ROPE_CASES = {
     "rope linear": dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
     "rope yarn": dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0}),
     "rope dynamic": dict(rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}),
+    "rope llama3": dict(rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                         "original_max_position_embeddings": 32}),
+    "rope longrope": dict(rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "factor": 2.0,
+                                           "short_factor": [1.0, 1.1, 1.2, 1.3], "long_factor": [1.5, 2.0, 2.5, 3.0],
+                                           "original_max_position_embeddings": 32}),
     "rope theta, gqa, untied, eps": dict(rope_parameters={"rope_type": "default", "rope_theta": 500.0},
                                          num_key_value_heads=2, tie_word_embeddings=False, layer_norm_eps=1e-6),
     "rope mqa relu2": dict(num_key_value_heads=1, hidden_act="relu2"),
@@ -147,3 +153,26 @@ def test_export_cli(tmp_path, capsys):
     # the output folder now holds a model: nothing is overwritten
     assert cli(["export", "--model", str(model_dir), "--to", "gpt2", "--output-dir", str(tmp_path / "b")]) == 2
     assert "already holds a model" in capsys.readouterr().err
+
+
+def test_export_refuses_other_models_and_targets(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model")
+    with pytest.raises(ValueError, match="must be one of starcoder2, gpt2"):
+        export_model(model_dir, "llama", tmp_path / "out")
+    export_model(model_dir, "starcoder2", tmp_path / "out")
+    with pytest.raises(ValueError, match="export reads Postformer models"):
+        export_model(tmp_path / "out", "starcoder2", tmp_path / "again")
+    with pytest.raises(FileExistsError, match="already holds a model"):
+        export_model(model_dir, "starcoder2", tmp_path / "out")
+
+
+def test_export_refuses_rope_that_starcoder2_computes_otherwise(tmp_path, monkeypatch):
+    from transformers.models.starcoder2 import modeling_starcoder2
+
+    original = modeling_starcoder2.Starcoder2RotaryEmbedding.compute_default_rope_parameters
+    monkeypatch.setattr(modeling_starcoder2.Starcoder2RotaryEmbedding, "compute_default_rope_parameters",
+                        staticmethod(lambda config, **kwargs: (original(config)[0] * 2, 1.0)))
+    model_dir = save_tiny_model(tmp_path / "model")
+    with pytest.raises(ValueError, match="starcoder2 computes other rotary frequencies"):
+        export_model(model_dir, "starcoder2", tmp_path / "out")
+    assert not (tmp_path / "out" / "config.json").exists()
