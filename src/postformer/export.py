@@ -179,11 +179,12 @@ def verify(model, stock, lengths=None, new_tokens: int = 8, seed: int = 0) -> di
         ours_generated = model.generate(prompt, **settings)
         theirs_generated = stock.generate(prompt, **settings)
     if worst > TOLERANCE:
-        raise ValueError(f"export check failed: the exported model's logits differ from the Postformer's by {worst:.3g} "
-                         f"(tolerance {TOLERANCE})")
+        raise ValueError(f"export check failed: the exported model's logits differ from the Postformer's by "
+                         f"{worst:.3g} (tolerance {TOLERANCE})")
     if not torch.equal(ours_generated, theirs_generated):
         raise ValueError("export check failed: greedy decoding of the exported model differs from the Postformer's")
-    return {"lengths": list(lengths), "max_abs_logit_difference": worst, "greedy_tokens": int(settings["max_new_tokens"])}
+    return {"lengths": list(lengths), "max_abs_logit_difference": worst,
+            "greedy_tokens": int(settings["max_new_tokens"])}
 
 
 def model_card(source: str, to: str, stock, checks: dict, config) -> str:
@@ -254,7 +255,8 @@ def export_model(model_dir, to: str, output_dir) -> dict:
             values.pop(key, None)
         values["tokenizer_class"] = "PreTrainedTokenizerFast"
         tokenizer_config.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (Path(staging) / "README.md").write_text(model_card(str(model_dir), to, stock, checks, model.config), encoding="utf-8")
+        card = model_card(str(model_dir), to, stock, checks, model.config)
+        (Path(staging) / "README.md").write_text(card, encoding="utf-8")
     return {"to": to, "architecture": type(stock).__name__, **checks}
 
 
