@@ -410,6 +410,14 @@ def _card(args):
     print(f"model card written to {path}", file=sys.stderr if args.print else sys.stdout)
 
 
+def _export(args):
+    from .export import export_model
+
+    report = export_model(args.model, args.to, args.output_dir)
+    print(f"exported to {report['architecture']} (largest logit difference {report['max_abs_logit_difference']:.2e}, "
+          f"greedy decoding identical) in {args.output_dir}")
+
+
 # (subcommand handlers are added above this line)
 
 
@@ -652,6 +660,17 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--model", help="the base model folder, for the q/k/v sizes (default: the folder above the "
                          "adapter, where finetune puts it)")
     upgrade.set_defaults(func=_upgrade_adapter)
+
+    export = commands.add_parser(
+        "export", help="export a model to a stock transformers architecture (starcoder2 or gpt2)",
+        description="Write the model as a stock Starcoder2ForCausalLM (rotary positions) or GPT2LMHeadModel (learned, "
+        "sinusoidal or no positions) with its tokenizer, loadable with no custom code; the export is checked against "
+        "the Postformer (logits and greedy decoding) before it is written.",
+    )
+    export.add_argument("--model", required=True, help="folder holding the saved Postformer model")
+    export.add_argument("--to", required=True, choices=["starcoder2", "gpt2"], help="target architecture")
+    export.add_argument("--output-dir", required=True, help="folder to write the exported model to")
+    export.set_defaults(func=_export)
 
     # (subcommands are added above this line, one block each)
     for command in commands.choices.values():  # one progress switch for every command (see progress.py)
