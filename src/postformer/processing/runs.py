@@ -34,6 +34,7 @@ Files, beside OUTPUT:
 Rank files and parts are removed once OUTPUT is whole.
 """
 
+import atexit
 import json
 import os
 import shutil
@@ -84,6 +85,10 @@ class Processes:
         cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
         self.state = PartialState(cpu=cpu)
         self.rank, self.count, self.device = self.state.process_index, self.state.num_processes, self.state.device
+        if self.count > 1:
+            # Leave the group before the interpreter exits: gloo's threads still alive then can abort a process
+            # ("terminate called without an active exception") after all its work is written, failing the launch.
+            atexit.register(self.state.destroy_process_group)
 
     def barrier(self) -> None:
         if self.count > 1:
