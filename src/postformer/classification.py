@@ -470,19 +470,14 @@ def classify_with(model, tokenizer, texts: list[str], batch_size: int = 32) -> l
     _check_texts(texts, batch_size)
     encoded = tokenizer(list(texts), truncation=True, verbose=False)["input_ids"]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     id2label = model.config.id2label
     labels = [id2label[i] for i in range(len(id2label))]
     results = [None] * len(encoded)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, index in enumerate(rows):  # right padding: see the module docstring
-            input_ids[row, : len(encoded[index])] = torch.tensor(encoded[index])
-            attention_mask[row, : len(encoded[index])] = 1
-        logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits
+        # right padding (the tokenizer's side, set by _for_classification): see the module docstring
+        batch = tokenizer.pad([{"input_ids": encoded[i]} for i in rows], return_tensors="pt").to(model.device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         for index, probabilities in zip(rows, torch.softmax(logits.float(), -1).tolist()):
             scores = dict(zip(labels, probabilities))
             best = max(scores, key=scores.get)  # on a tie, the lower label id
