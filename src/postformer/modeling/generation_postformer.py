@@ -35,7 +35,8 @@ Supported (anything else is transformers' own `generate`, decided per call):
     "sinusoidal" (when the generation fits the position table) and "none"; multi-head and grouped-query
     attention; QK-norm; every activation; tied or untied LM head; attention implementations eager, sdpa and
     flex_attention (their decode-step arithmetic is the same); any float dtype; on the CPU.
-Falls back for: Shaw relative positions (use_relative_position), dynamic and longrope rotary scaling (their
+Falls back for: Shaw relative positions (use_relative_position), sliding-window layers (transformers' cache keeps
+only the window, which the lean loop's preallocated cache does not), dynamic and longrope rotary scaling (their
 frequencies change with the length), beams, output_scores / output_logits / return_dict_in_generate / output
 attentions or hidden states, use_cache=False, static or other cache implementations and compile options, a cache
 or inputs_embeds passed in, custom logits_processor / stopping_criteria lists, prefix_allowed_tokens_fn,
@@ -135,6 +136,8 @@ def supports_lean_decoding(model) -> bool:
 
     config = model.config
     if config.use_relative_position or config.is_encoder_decoder:
+        return False
+    if "sliding_attention" in config.layer_types:  # its cache keeps a window, the lean cache every token
         return False
     if config._attn_implementation not in ATTENTION_IMPLEMENTATIONS:
         return False
