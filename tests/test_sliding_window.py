@@ -262,3 +262,32 @@ print("OK")
     )
     assert out.strip().endswith("OK")
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# `postformer train` flags
+
+
+def test_train_flags_set_the_window_and_layer_types():
+    from conftest import TINY_POSTS
+
+    from postformer.cli import _expand_config, _parse, build_parser
+    from postformer.tokenization import train_tokenizer
+    from postformer.training.arguments import dataclasses_from_namespace
+    from postformer.training.run import build_model_config
+
+    tokenizer = train_tokenizer(TINY_POSTS, vocab_size=300, show_progress=False)
+    parser = build_parser()
+
+    def model_config(*flags):
+        job, _ = dataclasses_from_namespace("train", _parse(parser, _expand_config(parser, ["train", *flags])))
+        return build_model_config(job, tokenizer)
+
+    assert model_config().layer_types == ["full_attention"] * 2 and model_config().sliding_window is None
+    config = model_config("--sliding-window", "64")
+    assert (config.sliding_window, config.layer_types) == (64, ["sliding_attention"] * 2)
+    config = model_config("--sliding_window", "64", "--layer_types", "full_attention", "sliding_attention")
+    assert config.layer_types == ["full_attention", "sliding_attention"]
+    with pytest.raises(ValueError, match="sliding_window must be None or a positive integer, got 0"):
+        model_config("--sliding_window", "0")
+    with pytest.raises(ValueError, match="layer_types must list one of"):
+        model_config("--sliding_window", "64", "--layer_types", "sliding_attention")
