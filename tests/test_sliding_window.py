@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from transformers import DynamicCache, StaticCache
 
 from postformer import PostformerConfig, PostformerForCausalLM
-from postformer.modeling.generation_postformer import DECODING_PATHS, supports_lean_decoding
+from postformer.modeling.generation_postformer import DECODING_PATHS
 
 KERNELS = ["eager", "sdpa", "flex_attention"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
 WINDOW = 4
@@ -75,10 +75,11 @@ def test_config_layer_types_default_from_the_window_and_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (dict(sliding_window=0), r"sliding_window must be None or a positive integer, got 0"),
-        (dict(sliding_window=-3), r"sliding_window must be None or a positive integer, got -3"),
-        (dict(sliding_window=4.5), r"sliding_window must be None or a positive integer, got 4.5"),
-        (dict(sliding_window=True), r"sliding_window must be None or a positive integer, got True"),
+        (dict(sliding_window=0), r"sliding_window must be None or an integer >= 2, got 0"),
+        (dict(sliding_window=1), r"sliding_window must be None or an integer >= 2, got 1"),
+        (dict(sliding_window=-3), r"sliding_window must be None or an integer >= 2, got -3"),
+        (dict(sliding_window=4.5), r"sliding_window must be None or an integer >= 2, got 4.5"),
+        (dict(sliding_window=True), r"sliding_window must be None or an integer >= 2, got True"),
         (dict(sliding_window=4, layer_types=["sliding_attention"]), r"layer_types must list one of .* per layer "
                                                                      r"\(num_hidden_layers=2\)"),
         (dict(sliding_window=4, layer_types=["sliding_attention", "chunked_attention"]), r"layer_types must list"),
@@ -150,20 +151,22 @@ def test_cached_and_uncached_generation_agree_far_past_the_window(overrides):
     model = PostformerForCausalLM(tiny_config(sliding_window=WINDOW, max_position_embeddings=64,
                                               initializer_range=0.1, **overrides)).eval()
     prompt = random_ids(2, 6)
-    greedy = dict(max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0,
-                  return_dict_in_generate=True, output_logits=True)
-    fallbacks = DECODING_PATHS["fallback"]
-    cached = model.generate(prompt, **greedy)
-    assert DECODING_PATHS["fallback"] > fallbacks  # transformers' loop: the lean one keeps every token
-    assert not supports_lean_decoding(model)
-    assert cached.sequences.shape == (2, 46)
+    greedy = dict(max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0)
+    # plain generate: the lean loop with its ring cache of the window (transformers' loop with Shaw positions)
+    lean_runs = DECODING_PATHS["lean"]
+    plain = model.generate(prompt, **greedy)
+    assert DECODING_PATHS["lean"] - lean_runs == (0 if overrides.get("use_relative_position") else 1)
+    assert plain.shape == (2, 46)
+    # transformers' loop (output_logits): its windowed DynamicCache, no cache, and the static cache
+    cached = model.generate(prompt, **greedy, return_dict_in_generate=True, output_logits=True)
+    assert torch.equal(cached.sequences, plain)
     for other in (dict(use_cache=False), dict(cache_implementation="static")):
-        run = model.generate(prompt, **greedy, **other)
-        assert torch.equal(run.sequences, cached.sequences), other
+        run = model.generate(prompt, **greedy, **other, return_dict_in_generate=True, output_logits=True)
+        assert torch.equal(run.sequences, plain), other
         torch.testing.assert_close(torch.stack(run.logits), torch.stack(cached.logits), atol=1e-4, rtol=1e-4)
     # and every step equals the full forward pass over the sequence so far
     with torch.no_grad():
-        full = model(cached.sequences[:, :-1], use_cache=False).logits[:, 5:]
+        full = model(plain[:, :-1], use_cache=False).logits[:, 5:]
     torch.testing.assert_close(torch.stack(cached.logits, 1), full, atol=1e-4, rtol=1e-4)
 
 
@@ -287,7 +290,7 @@ def test_train_flags_set_the_window_and_layer_types():
     assert (config.sliding_window, config.layer_types) == (64, ["sliding_attention"] * 2)
     config = model_config("--sliding_window", "64", "--layer_types", "full_attention", "sliding_attention")
     assert config.layer_types == ["full_attention", "sliding_attention"]
-    with pytest.raises(ValueError, match="sliding_window must be None or a positive integer, got 0"):
+    with pytest.raises(ValueError, match="sliding_window must be None or an integer >= 2, got 0"):
         model_config("--sliding_window", "0")
     with pytest.raises(ValueError, match="layer_types must list one of"):
         model_config("--sliding_window", "64", "--layer_types", "sliding_attention")

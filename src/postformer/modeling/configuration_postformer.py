@@ -231,8 +231,10 @@ class PostformerConfig(PretrainedConfig):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         window = self.sliding_window
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window <= 0):
-            raise ValueError(f"sliding_window must be None or a positive integer, got {window!r}")
+        # A window of 1 (each token attends to itself only) is refused too: transformers' windowed cache layers
+        # keep every token then (they slice the last window - 1 = 0 tokens as [-0:]), so cached decoding would differ.
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 2):
+            raise ValueError(f"sliding_window must be None or an integer >= 2, got {window!r}")
         kinds = self.layer_types
         if (not isinstance(kinds, list) or len(kinds) != self.num_hidden_layers
                 or any(kind not in LAYER_TYPES for kind in kinds)):
