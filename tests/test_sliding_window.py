@@ -294,3 +294,15 @@ def test_train_flags_set_the_window_and_layer_types():
         model_config("--sliding_window", "0")
     with pytest.raises(ValueError, match="layer_types must list one of"):
         model_config("--sliding_window", "64", "--layer_types", "sliding_attention")
+
+
+def test_model_card_names_the_window():
+    from postformer.hub_cards.sections import architecture_rows
+
+    def attention_row(**overrides):
+        return dict(architecture_rows(tiny_config(**overrides).to_dict(), None)).get("Attention")
+
+    assert attention_row() is None
+    assert attention_row(sliding_window=8) == "sliding window of 8 tokens"
+    assert attention_row(sliding_window=8, layer_types=["full_attention", "sliding_attention"]) == \
+        "sliding window of 8 tokens on 1 of 2 layers (`layer_types` in config.json)"
