@@ -2,6 +2,7 @@
 as full attention under the equivalent explicit mask, on every kernel, with a cache that keeps only the window, in
 packed rows, mixed with full-attention layers, with Shaw relative positions, and through remote code."""
 
+import copy
 import importlib.util
 
 import pytest
@@ -104,6 +105,7 @@ def test_window_equals_full_attention_with_the_explicit_mask_on_every_kernel(ove
     model = PostformerForCausalLM._from_config(tiny_config(sliding_window=WINDOW, **overrides),
                                                attn_implementation=kernel).eval()
     twin = full_attention_twin(model)
+    assert (model.config._attn_implementation, twin.config._attn_implementation) == (kernel, "eager")
     ids = random_ids(2, 20)
     key_mask = torch.ones_like(ids)
     key_mask[1, :5] = 0  # left padding
@@ -127,16 +129,15 @@ def test_mixed_layer_types_use_each_layers_own_mask(kernel):
         attn_implementation=kernel).eval()
     assert [layer.self_attn.sliding_window for layer in model.model.layers] == [WINDOW, None]
     ids = random_ids(2, 16)
-    twin = full_attention_twin(model)
+    eager = PostformerForCausalLM._from_config(copy.deepcopy(model.config), attn_implementation="eager").eval()
+    eager.load_state_dict(model.state_dict())
+    assert model.config._attn_implementation == kernel
+    # the explicit masks by layer type (as generate prepares them): the window for layer 0, causal for layer 1
+    masks = {"sliding_attention": window_mask(16, WINDOW), "full_attention": window_mask(16, 16)}
     with torch.no_grad():
         got = model(ids, use_cache=False).logits
-        # the masks generate would prepare, keyed by layer type, given explicitly to the eager twin's layers
-        masks = {"sliding_attention": window_mask(16, WINDOW).expand(2, -1, -1, -1),
-                 "full_attention": window_mask(16, 16).expand(2, -1, -1, -1)}
-        twin.config.layer_types = ["sliding_attention", "full_attention"]
-        expected = twin(ids, attention_mask=masks, use_cache=False).logits
-        all_sliding = full_attention_twin(model)
-        all_sliding_logits = all_sliding(ids, attention_mask=masks["sliding_attention"]).logits
+        expected = eager(ids, attention_mask=masks, use_cache=False).logits
+        all_sliding_logits = full_attention_twin(model)(ids, attention_mask=masks["sliding_attention"]).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert (got - all_sliding_logits).abs().amax() > 1e-3  # the full layer does see past the window
 

@@ -56,14 +56,11 @@ def check_exportable(config, to: str) -> None:
                          "--to starcoder2")
 
 
-def _uniform_window(config) -> int | None:
-    """Starcoder2's `sliding_window`: the window when every layer slides, None when none does (checked above)."""
-    return config.sliding_window if "sliding_attention" in config.layer_types else None
-
-
 def starcoder2_config(config):
     from transformers import Starcoder2Config
 
+    # every layer slides or none does (check_exportable)
+    window = config.sliding_window if "sliding_attention" in config.layer_types else None
     return Starcoder2Config(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
@@ -71,7 +68,7 @@ def starcoder2_config(config):
         max_position_embeddings=config.max_position_embeddings, initializer_range=config.initializer_range,
         norm_epsilon=config.layer_norm_eps, use_cache=True, bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-        rope_parameters=dict(config.rope_parameters), sliding_window=_uniform_window(config),
+        rope_parameters=dict(config.rope_parameters), sliding_window=window,
         attention_dropout=config.attention_dropout, residual_dropout=config.hidden_dropout,
         embedding_dropout=config.hidden_dropout, use_bias=True, tie_word_embeddings=config.tie_word_embeddings,
     )
