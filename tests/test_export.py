@@ -27,6 +27,9 @@ ROPE_CASES = {
     "rope gelu_pytorch_tanh": dict(hidden_act="gelu_pytorch_tanh"),
     "rope relu": dict(hidden_act="relu"),
     "rope silu": dict(hidden_act="silu"),
+    # a window on every layer is Starcoder2's sliding_window; the checks run past it (lengths 33-100, 20 new tokens)
+    "rope sliding window": dict(sliding_window=8),
+    "rope sliding window gqa": dict(sliding_window=5, num_key_value_heads=2),
 }
 GPT2_CASES = {
     "learned": dict(position_embedding_type="learned"),
@@ -67,6 +70,8 @@ def test_export_equal_logits_and_greedy(tmp_path, to, name, overrides):
 
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == to and "auto_map" not in config
+    if to == "starcoder2":
+        assert config["sliding_window"] == overrides.get("sliding_window")
     assert (out / "generation_config.json").is_file() and (out / "README.md").is_file()
     ours = PostformerForCausalLM.from_pretrained(model_dir).eval()
     stock = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -131,6 +136,11 @@ REFUSALS = [
     ("starcoder2", dict(position_embedding_type="learned"), "use --to gpt2"),
     ("starcoder2", dict(position_embedding_type="none"), "use --to gpt2"),
     ("gpt2", {}, "use --to starcoder2"),
+    ("gpt2", dict(sliding_window=8, position_embedding_type="learned"), "starcoder2, which slides, has rotary"),
+    ("starcoder2", dict(sliding_window=8, layer_types=["sliding_attention", "full_attention"]),
+     "mixing full and sliding-window attention"),
+    ("gpt2", dict(sliding_window=8, layer_types=["full_attention", "sliding_attention"], position_embedding_type="learned"),
+     "mixing full and sliding-window attention"),
 ]
 
 

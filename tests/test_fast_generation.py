@@ -86,6 +86,13 @@ ARCHITECTURES = {
                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                          "original_max_position_embeddings": 16}),
     "eager": dict(attn_implementation="eager"),
+    # sliding windows: a ring cache of the window, prompts (7 columns) and generations (27) longer than it
+    "sliding-window": dict(sliding_window=4),
+    "sliding-window-2": dict(sliding_window=2),
+    "sliding-mixed-gqa": dict(sliding_window=3, layer_types=["full_attention", "sliding_attention"],
+                              num_key_value_heads=2),
+    "sliding-learned-eager": dict(sliding_window=5, position_embedding_type="learned", attn_implementation="eager"),
+    "sliding-window-wider-than-the-generation": dict(sliding_window=40),
 }
 
 

@@ -6,7 +6,8 @@ bias, rotary positions from transformers' rope utilities, biased q/k/v/o project
 (c_fc / c_proj) with the same activation, MHA or GQA, tied or untied head. One with learned, sinusoidal (the
 table written as weights) or no absolute positions (a zero table) and multi-head attention is a
 `GPT2LMHeadModel` (GPT-2's Conv1D stores weights transposed, c_attn fuses q, k and v); grouped-query attention is
-exported exactly by repeating each key/value head for its group of query heads.
+exported exactly by repeating each key/value head for its group of query heads. A sliding window on every layer
+is Starcoder2's own `sliding_window` (same mask, same windowed cache).
 
 Combinations no stock architecture computes are refused with one ValueError line saying why and which target
 would work. The export checks its own result: the stock model's logits equal Postformer's (fp32, within 1e-5)
@@ -38,10 +39,15 @@ def check_exportable(config, to: str) -> None:
     if config.hidden_act not in ACT2FN:
         raise ValueError(f"cannot export hidden_act={config.hidden_act!r}: transformers has no activation of that "
                          "name, so neither starcoder2 nor gpt2 computes it")
-    if getattr(config, "sliding_window", None) and to == "gpt2":
-        raise ValueError("cannot export a sliding-window model to gpt2 (it attends to every earlier token); use "
-                         "--to starcoder2")
+    sliding = set(config.layer_types) == {"sliding_attention"}
+    if "sliding_attention" in config.layer_types and not sliding:
+        raise ValueError("cannot export layer_types mixing full and sliding-window attention: starcoder2 slides "
+                         "every layer or none, and gpt2 has no sliding window")
     rope = config.position_embedding_type == "rope"
+    if sliding and to == "gpt2":
+        where = ("use --to starcoder2" if rope else "starcoder2, which slides, has rotary positions only, so no "
+                 "stock target computes this model")
+        raise ValueError(f"cannot export a sliding-window model to gpt2 (it attends to every earlier token); {where}")
     if to == "starcoder2" and not rope:
         raise ValueError(f"cannot export position_embedding_type={config.position_embedding_type!r} to starcoder2 "
                          "(it has rotary positions only); use --to gpt2")
@@ -53,6 +59,8 @@ def check_exportable(config, to: str) -> None:
 def starcoder2_config(config):
     from transformers import Starcoder2Config
 
+    # every layer slides or none does (check_exportable)
+    window = config.sliding_window if "sliding_attention" in config.layer_types else None
     return Starcoder2Config(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
@@ -60,7 +68,7 @@ def starcoder2_config(config):
         max_position_embeddings=config.max_position_embeddings, initializer_range=config.initializer_range,
         norm_epsilon=config.layer_norm_eps, use_cache=True, bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-        rope_parameters=dict(config.rope_parameters), sliding_window=getattr(config, "sliding_window", None),
+        rope_parameters=dict(config.rope_parameters), sliding_window=window,
         attention_dropout=config.attention_dropout, residual_dropout=config.hidden_dropout,
         embedding_dropout=config.hidden_dropout, use_bias=True, tie_word_embeddings=config.tie_word_embeddings,
     )

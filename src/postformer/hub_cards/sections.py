@@ -46,6 +46,12 @@ def architecture_rows(config: dict, parameters: int | None) -> list[tuple[str, s
     positions = config.get("position_embedding_type")
     if positions is not None and config.get("use_relative_position"):
         positions += f" + relative (Shaw et al., clipped at {config.get('max_relative_position')})"
+    kinds = config.get("layer_types") or []
+    window = None
+    if "sliding_attention" in kinds:
+        sliding = kinds.count("sliding_attention")
+        window = f"sliding window of {config.get('sliding_window')} tokens" + (
+            "" if sliding == len(kinds) else f" on {sliding} of {len(kinds)} layers (`layer_types` in config.json)")
     rows = [
         ("Parameters", format_cell(parameters)),
         ("Hidden size", format_cell(config.get("hidden_size"))),
@@ -55,6 +61,7 @@ def architecture_rows(config: dict, parameters: int | None) -> list[tuple[str, s
         ("Intermediate (feed-forward) size", format_cell(config.get("intermediate_size"))),
         ("Activation", format_cell(config.get("hidden_act"))),
         ("Positions", format_cell(positions)),
+        ("Attention", format_cell(window)),
         ("Context (tokens)", format_cell(config.get("max_position_embeddings"))),
         ("Vocabulary", format_cell(config.get("vocab_size"))),
         ("Tied input and output embeddings", format_cell(config.get("tie_word_embeddings"))),

@@ -12,6 +12,7 @@ POSITION_EMBEDDING_TYPES = ("rope", "sinusoidal", "learned", "none")
 # relu2 is ReLU squared (x -> max(x, 0)^2), from the small-model speed-run literature
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "relu2", "silu")
 CLASSIFIER_POOLINGS = ("last", "mean")  # what PostformerForSequenceClassification's head reads
+LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' names, as in Qwen2 and Gemma configs
 
 # The original design's `TransformerConfig` names, and the standard names they map to.
 DESIGN_NAMES = {
@@ -73,6 +74,12 @@ class PostformerConfig(PretrainedConfig):
     `tie_word_embeddings=False` (an LM head of its own). No stock architecture has QK-norm with this block, so a
     model with it cannot be exported to one.
 
+    Sliding-window attention, as Mistral, Qwen2 and Gemma: `sliding_window=W` lets each token attend to itself and
+    the W - 1 tokens before it, and the cache of such a layer keeps only that window. `layer_types` (one entry per
+    layer, "full_attention" or "sliding_attention") mixes the two; with `sliding_window` set and no `layer_types`,
+    every layer slides. Masks come from transformers' masking utilities, so every kernel (eager, sdpa, flex, flash)
+    and packed rows (positions restarting per sequence) apply the window within each sequence.
+
     `classifier_pooling` is what the sequence-classification head reads: "last" (the last real token's hidden
     state, as Llama's head) or "mean" (the mean over the post's real tokens, as ModernBERT's "mean").
 
@@ -120,6 +127,8 @@ class PostformerConfig(PretrainedConfig):
     rope_parameters: dict | None = None
     use_relative_position: bool = False
     max_relative_position: int = 64
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None
     tie_word_embeddings: bool = True
     qk_norm: bool = False
     zero_init_output_projections: bool = False
@@ -142,6 +151,11 @@ class PostformerConfig(PretrainedConfig):
             self.num_key_value_heads = max(1, self.num_attention_heads // 4)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
+        if self.layer_types is None and isinstance(self.num_hidden_layers, int):
+            kind = "full_attention" if self.sliding_window is None else "sliding_attention"
+            self.layer_types = [kind] * self.num_hidden_layers
+        elif isinstance(self.layer_types, tuple):
+            self.layer_types = list(self.layer_types)
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__post_init__(**kwargs)
         self._check_values()
@@ -216,6 +230,20 @@ class PostformerConfig(PretrainedConfig):
         for name in ("qk_norm", "zero_init_output_projections"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        window = self.sliding_window
+        # A window of 1 (each token attends to itself only) is refused too: transformers' windowed cache layers
+        # keep every token then (they slice the last window - 1 = 0 tokens as [-0:]), so cached decoding would differ.
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 2):
+            raise ValueError(f"sliding_window must be None or an integer >= 2, got {window!r}")
+        kinds = self.layer_types
+        if (not isinstance(kinds, list) or len(kinds) != self.num_hidden_layers
+                or any(kind not in LAYER_TYPES for kind in kinds)):
+            raise ValueError(
+                f"layer_types must list one of {LAYER_TYPES} per layer (num_hidden_layers={self.num_hidden_layers}), "
+                f"got {kinds!r}"
+            )
+        if window is None and "sliding_attention" in kinds:
+            raise ValueError("layer_types has 'sliding_attention' layers but sliding_window is None; set sliding_window")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and 0 <= value < self.vocab_size):

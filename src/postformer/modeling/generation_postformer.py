@@ -33,7 +33,8 @@ Supported (anything else is transformers' own `generate`, decided per call):
     handles it), or none (generation starts from bos);
   - model: positions "rope" (rope_type default, linear, yarn, llama3: fixed frequencies), "learned",
     "sinusoidal" (when the generation fits the position table) and "none"; multi-head and grouped-query
-    attention; QK-norm; every activation; tied or untied LM head; attention implementations eager, sdpa and
+    attention; QK-norm; sliding-window layers, all or some (a ring cache of the window, as transformers'
+    windowed cache keeps); every activation; tied or untied LM head; attention implementations eager, sdpa and
     flex_attention (their decode-step arithmetic is the same); any float dtype; on the CPU.
 Falls back for: Shaw relative positions (use_relative_position), dynamic and longrope rotary scaling (their
 frequencies change with the length), beams, output_scores / output_logits / return_dict_in_generate / output
@@ -537,7 +538,8 @@ class LeanDecoder:
     (one matrix product instead of three), plus prepacked copies where they pay (see PACK_MIN_BYTES): copies made per
     `generate` call, never cached across calls, so that weights changed in any way between calls are never stale.
     The key and value cache is one preallocated (batch, kv_heads, length, head_dim) tensor per layer and kind,
-    filled from the prefill's cache; each step writes its column and attends over the columns so far.
+    filled from the prefill's cache; each step writes its column and attends over the columns so far (in a
+    sliding-window layer: a ring of `sliding_window` slots, each step overwriting the oldest).
 
     Every row's new token sits in the same column (generate left-pads batches), so a step is one write and one
     attention over a slice for the whole batch; padding is a boolean key mask, and each row's position (for
@@ -613,25 +615,43 @@ class LeanDecoder:
 
         # The cache: the prefill's keys and values, then room for new tokens, up to max_length. Room for
         # INITIAL_CAPACITY new tokens first, doubled as needed: a generous max_new_tokens that an end token cuts
-        # short does not reserve memory for tokens never generated.
+        # short does not reserve memory for tokens never generated. A sliding-window layer's cache is a ring of
+        # `sliding_window` slots instead (column c in slot c % window): it holds the window and nothing older, as
+        # transformers' windowed cache layers do. The order of keys does not matter to attention (their positions
+        # are already rotated in), so a step attends over the filled slots, whatever their order.
         self.max_length = max_length
         self.capacity = min(max_length, prompt_length + INITIAL_CAPACITY)
+        self.sliding = [kind == "sliding_attention" for kind in config.layer_types]
+        self.window = config.sliding_window
+        self.ring = min(self.window, max_length) if any(self.sliding) else None
+        device = embed.device
+        # the prompt columns a windowed prefill cache kept (its last window - 1), and their slots in the ring
+        kept_columns = None
         self.keys, self.values = [], []
-        for cached in prefill_cache.layers:
-            shape = (batch, self.num_kv_heads, self.capacity, self.head_dim)
+        for cached, sliding in zip(prefill_cache.layers, self.sliding):
+            shape = (batch, self.num_kv_heads, self.ring if sliding else self.capacity, self.head_dim)
             keys, values = cached.keys.new_empty(shape), cached.values.new_empty(shape)
-            keys[:, :, :prompt_length] = cached.keys
-            values[:, :, :prompt_length] = cached.values
+            if sliding:
+                kept_columns = torch.arange(prompt_length - cached.keys.shape[2], prompt_length, device=device)
+                keys[:, :, kept_columns % self.window] = cached.keys
+                values[:, :, kept_columns % self.window] = cached.values
+            else:
+                keys[:, :, :prompt_length] = cached.keys
+                values[:, :, :prompt_length] = cached.values
             self.keys.append(keys)
             self.values.append(values)
 
-        device = embed.device
-        # Key mask: the prompt's attention mask, then every new column visible. None without padding.
-        self.key_mask = None
+        # Key mask: the prompt's attention mask, then every new column visible; one per column for full layers, one
+        # per slot for the ring. None without padding.
+        self.key_mask = self.ring_mask = None
         if attention_mask is not None:
+            visible = attention_mask.to(device) != 0
             key_mask = torch.ones(batch, 1, 1, self.capacity, dtype=torch.bool, device=device)
-            key_mask[:, 0, 0, :prompt_length] = attention_mask.to(device) != 0
+            key_mask[:, 0, 0, :prompt_length] = visible
             self.key_mask = key_mask
+            if self.ring is not None:
+                self.ring_mask = torch.ones(batch, 1, 1, self.ring, dtype=torch.bool, device=device)
+                self.ring_mask[:, 0, 0, kept_columns % self.window] = visible[:, kept_columns]
 
         # Positions: each row continues from its last prompt position, as generate's position_ids do. Without
         # padding all rows share one position, an integer.
@@ -661,6 +681,8 @@ class LeanDecoder:
         self.capacity = min(self.max_length, self.prompt_length + 2 * (old - self.prompt_length))
         for buffers in (self.keys, self.values):
             for index, buffer in enumerate(buffers):
+                if self.sliding[index]:
+                    continue  # a ring: its size is the window's
                 grown = buffer.new_empty(*buffer.shape[:2], self.capacity, buffer.shape[3])
                 grown[:, :, :old] = buffer
                 buffers[index] = grown
@@ -695,10 +717,16 @@ class LeanDecoder:
                 cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         length = column + 1
         mask = None if self.key_mask is None else self.key_mask.narrow(3, 0, length)
+        if self.ring is not None:  # sliding layers: the new column's slot, and the slots filled so far
+            slot, filled = column % self.window, min(length, self.ring)
+            if self.ring_mask is not None:
+                self.ring_mask[..., slot] = True
+            ring_mask = None if self.ring_mask is None else self.ring_mask.narrow(3, 0, filled)
 
-        for (norm1, qkv_proj, qk_norm, o_proj, norm2, up_proj, act, down_proj), keys, values in zip(
-            self.layers, self.keys, self.values
+        for (norm1, qkv_proj, qk_norm, o_proj, norm2, up_proj, act, down_proj), keys, values, sliding in zip(
+            self.layers, self.keys, self.values, self.sliding
         ):
+            at, seen, layer_mask = (slot, filled, ring_mask) if sliding else (column, length, mask)
             x = F.layer_norm(hidden, (hidden_size,), *norm1)
             qk, value = qkv_proj(x).split((qk_width, v_width), dim=1)
             qk = qk.view(batch, heads + kv_heads, head_dim)
@@ -707,13 +735,13 @@ class LeanDecoder:
                 qk = F.rms_norm(qk, (head_dim,), None, eps) * scale
             if self.cos is not None:
                 qk = qk * cos + qk.roll(head_dim // 2, -1) * sin
-            keys.select(2, column).copy_(qk[:, heads:])
-            values.select(2, column).copy_(value.view(batch, kv_heads, head_dim))
+            keys.select(2, at).copy_(qk[:, heads:])
+            values.select(2, at).copy_(value.view(batch, kv_heads, head_dim))
             # the query heads of a key-value group act as that group's queries: grouped-query attention without
             # repeating keys and values
             query = qk[:, :heads].view(batch, kv_heads, self.groups, head_dim)
             attention = F.scaled_dot_product_attention(
-                query, keys.narrow(2, 0, length), values.narrow(2, 0, length), attn_mask=mask, scale=self.scaling
+                query, keys.narrow(2, 0, seen), values.narrow(2, 0, seen), attn_mask=layer_mask, scale=self.scaling
             )
             hidden = hidden + o_proj(attention.reshape(batch, heads * head_dim))
             x = F.layer_norm(hidden, (hidden_size,), *norm2)

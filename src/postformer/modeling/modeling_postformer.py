@@ -22,7 +22,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import Split, WeightConverter
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import (
     GenericForQuestionAnswering,
     GenericForTokenClassification,
@@ -128,9 +128,10 @@ class PostformerRelativePositions(nn.Module):
         self.key_embeddings = nn.Embedding(2 * self.max_distance + 1, config.head_dim)
         self.value_embeddings = nn.Embedding(2 * self.max_distance + 1, config.head_dim)
 
-    def buckets(self, query_positions: torch.Tensor, key_length: int) -> torch.Tensor:
-        """(q, k) indices of the clipped distance j - i, from 0 (j - i <= -R) to 2R (j - i >= R)."""
-        key_positions = torch.arange(key_length, device=query_positions.device)
+    def buckets(self, query_positions: torch.Tensor, key_length: int, key_offset: int = 0) -> torch.Tensor:
+        """(q, k) indices of the clipped distance j - i, from 0 (j - i <= -R) to 2R (j - i >= R). Key j sits at
+        index key_offset + j (a sliding-window cache has dropped the keys before key_offset)."""
+        key_positions = torch.arange(key_length, device=query_positions.device) + key_offset
         distance = key_positions[None, :] - query_positions[:, None]
         return distance.clamp(-self.max_distance, self.max_distance) + self.max_distance
 
@@ -159,16 +160,18 @@ def eager_attention_forward(
     scaling: float,
     dropout: float = 0.0,
     query_positions: torch.Tensor | None = None,
+    key_offset: int = 0,
     **kwargs: Unpack[TransformersKwargs],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention written out, with Shaw relative positions when the layer has them (other kernels cannot)."""
+    """Attention written out, with Shaw relative positions when the layer has them (other kernels cannot). A sliding
+    window is in `attention_mask`."""
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
     relative = module.relative_positions
 
     scores = torch.matmul(query, key.transpose(2, 3))
     if relative is not None:
-        buckets = relative.buckets(query_positions, key.shape[-2])
+        buckets = relative.buckets(query_positions, key.shape[-2], key_offset)
         scores = scores + relative.key_scores(query, buckets)
     scores = scores * scaling
     if attention_mask is not None:
@@ -183,7 +186,8 @@ def eager_attention_forward(
 
 
 class PostformerAttention(nn.Module):
-    """Multi-head (or grouped-query, when num_key_value_heads < num_attention_heads) causal self-attention.
+    """Multi-head (or grouped-query, when num_key_value_heads < num_attention_heads) causal self-attention, over
+    every earlier token or, in a "sliding_attention" layer, over the last `config.sliding_window` tokens.
 
     Queries, keys and values have a projection each, as in Llama: tensor parallelism shards each by heads, and
     serving engines recognise and fuse them. (Postformer 0.1 saved one fused `qkv_proj`; such folders are split
@@ -201,6 +205,8 @@ class PostformerAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
+        self.layer_type = config.layer_types[layer_idx]
+        self.sliding_window = config.sliding_window if self.layer_type == "sliding_attention" else None
 
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim)
         self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim)
@@ -234,6 +240,8 @@ class PostformerAttention(nn.Module):
             key_states = apply_rotary(key_states, *position_embeddings)
 
         if cache is not None:
+            if self.relative_positions is not None:  # where the cached keys start: a windowed cache drops the oldest
+                kwargs["key_offset"] = cache.get_mask_sizes(input_shape[1], self.layer_idx)[1]
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -247,6 +255,7 @@ class PostformerAttention(nn.Module):
             attention_mask,
             dropout=0.0 if not self.training else self.attention_dropout,
             scaling=self.scaling,
+            sliding_window=self.sliding_window,  # the mask applies it; flash attention's kernels take it as well
             **kwargs,
         )
         attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
@@ -522,13 +531,13 @@ class PostformerModel(PostformerPreTrainedModel):
         if self.embed_positions is not None:
             self.check_positions(position_ids, past_seen_tokens + seq_length)
 
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=position_ids,
-        )
+        # One mask per kind of layer, unless generate prepared them (a dict keyed by layer type).
+        masks = attention_mask
+        if not isinstance(masks, dict):
+            mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                               cache=cache, position_ids=position_ids)
+            builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+            masks = {kind: builders[kind](**mask_kwargs) for kind in set(self.config.layer_types)}
 
         hidden_states = inputs_embeds
         if self.embed_positions is not None:
@@ -536,10 +545,10 @@ class PostformerModel(PostformerPreTrainedModel):
         hidden_states = self.dropout(hidden_states)
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
 
-        for decoder_layer in self.layers:
+        for decoder_layer, layer_type in zip(self.layers, self.config.layer_types):
             hidden_states = decoder_layer(
                 hidden_states,
-                attention_mask=causal_mask,
+                attention_mask=masks[layer_type],
                 cache=cache,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,

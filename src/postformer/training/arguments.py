@@ -138,6 +138,12 @@ class PretrainArguments:
     use_relative_position: bool | None = field(default=None, metadata=_help(
         "add Shaw relative positions (eager attention only; default: the preset's)"))
     max_relative_position: int | None = field(default=None, metadata=_help("clipping distance of relative positions"))
+    sliding_window: int | None = field(default=None, metadata=_help(
+        "sliding-window attention: each token attends to the last N tokens (itself included), and the generation "
+        "cache keeps only those (default: off, every earlier token)"))
+    layer_types: list[str] | None = field(default=None, metadata=_help(
+        "one per layer, full_attention or sliding_attention, to mix them (default: every layer sliding with "
+        "--sliding_window, else full)"))
     hidden_dropout: float | None = field(default=0.0, metadata=_help(
         "dropout on embeddings and residual branches (default 0: posts are seen a few times in a run, and dropout "
         "only slowed learning in benchmarks/bench_recipe.py)"))
@@ -214,6 +220,7 @@ class ClassifierArguments:
 MODEL_FIELDS = (
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "max_position_embeddings", "position_embedding_type", "use_relative_position", "max_relative_position",
+    "sliding_window", "layer_types",
     "hidden_dropout", "attention_dropout", "hidden_act", "qk_norm", "zero_init_output_projections",
     "tie_word_embeddings",
 )
