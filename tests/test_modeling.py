@@ -223,9 +223,10 @@ def test_relative_attention_matches_shaw_formula_written_out():
 
 @pytest.mark.parametrize("overrides", [p for p in POSITION_OPTIONS if "relative" not in p.id])
 def test_eager_and_sdpa_agree(overrides):
-    config = tiny_config(**overrides)
-    eager = PostformerForCausalLM._from_config(config, attn_implementation="eager").eval()
-    sdpa = PostformerForCausalLM._from_config(config, attn_implementation="sdpa").eval()
+    # a config each: _from_config sets the kernel on the config object it is given
+    eager = PostformerForCausalLM._from_config(tiny_config(**overrides), attn_implementation="eager").eval()
+    sdpa = PostformerForCausalLM._from_config(tiny_config(**overrides), attn_implementation="sdpa").eval()
+    assert (eager.config._attn_implementation, sdpa.config._attn_implementation) == ("eager", "sdpa")
     sdpa.load_state_dict(eager.state_dict())
     ids = random_ids(3, 12)
     mask = torch.ones_like(ids)
