@@ -153,9 +153,9 @@ def bench_preset(preset: str, folder: Path, train: torch.Tensor, validation: tor
     for variant in ("lora", "lora-int8"):
         for key in ("peak_training_mib", "state_mib", "tokens_per_second"):
             results[variant][f"{key}_vs_full"] = results[variant][key] / results["full"][key]
-    results["lora-int8"]["peak_vs_lora"] = results["lora-int8"]["peak_training_mib"] / results["lora"]["peak_training_mib"]
-    results["lora-int8"]["speed_vs_lora"] = (results["lora-int8"]["tokens_per_second"]
-                                             / results["lora"]["tokens_per_second"])
+    int8, lora = results["lora-int8"], results["lora"]
+    int8["peak_vs_lora"] = int8["peak_training_mib"] / lora["peak_training_mib"]
+    int8["speed_vs_lora"] = int8["tokens_per_second"] / lora["tokens_per_second"]
     return results
 
 

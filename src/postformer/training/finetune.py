@@ -88,14 +88,9 @@ def _check_arguments(job: FinetuneArguments, args: PostformerTrainingArguments) 
         raise ValueError(f"max_eval_posts must be at least 1, got {job.max_eval_posts!r}")
     if job.lora and not job.target_modules:
         raise ValueError("target_modules is empty: name at least one Linear module for LoRA")
-    if job.quantize is not None:
-        from ..compression import QUANTIZATIONS
-
-        if job.quantize not in QUANTIZATIONS:
-            raise ValueError(f"quantize: unknown quantisation {job.quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
-        if not job.lora:
-            raise ValueError(f"--quantize {job.quantize} needs --lora: quantised weights cannot be trained, only "
-                             "LoRA adapters on a quantised base")
+    if job.quantize is not None and not job.lora:
+        raise ValueError(f"--quantize {job.quantize} needs --lora: quantised weights cannot be trained, only "
+                         "LoRA adapters on a quantised base")
 
 
 def _check_output_dir(model_dir: Path, output_dir: Path) -> None:
@@ -145,15 +140,17 @@ def finetune(model_dir, data=None, output_dir=None, **options) -> dict:
     as `postformer finetune` takes them. lora=True trains LoRA adapters (rank `lora_r`, scale `lora_alpha /
     lora_r`, `lora_dropout`) on `target_modules` and keeps every base weight frozen; otherwise all weights are
     trained. quantize ("int8", or "nf4" / "4bit" with bitsandbytes; needs lora=True): the frozen base is loaded
-    quantised and the merged model is quantised the same way (see the module docstring). learning_rate None (the default): 2e-4 with LoRA, 5e-5 otherwise. base_model: the base model's Hub
-    repo id, which the model card's metadata links to (and the adapter config names); None: the card names the
-    local `model_dir` in its text only, since the Hub could not resolve it.
+    quantised and the merged model is quantised the same way (see the module docstring). learning_rate None (the
+    default): 2e-4 with LoRA, 5e-5 otherwise. base_model: the base model's Hub repo id, which the model card's
+    metadata links to (and the adapter config names); None: the card names the local `model_dir` in its text
+    only, since the Hub could not resolve it.
 
     Writes to output_dir (refused when it already holds a model): the fine-tuned (for LoRA: merged) model and
     tokenizer as a complete model folder that `from_pretrained` loads, `adapter/` (LoRA: the adapter alone, for
-    `PeftModel.from_pretrained`, or `load_adapter`), metrics.json, training_config.json, training_args.json, loss_curve.png and
-    README.md (model card). Returns the metrics: eval_loss / eval_perplexity after, eval_loss_before /
-    eval_perplexity_before, the Trainer's train metrics, parameters and trainable_parameters.
+    `PeftModel.from_pretrained` or `load_adapter`), metrics.json, training_config.json, training_args.json,
+    loss_curve.png and README.md (model card). Returns the metrics: eval_loss / eval_perplexity after,
+    eval_loss_before / eval_perplexity_before, the Trainer's train metrics, parameters, trainable_parameters,
+    lora and quantize.
     """
     if output_dir is None:
         raise ValueError("output_dir is required: the folder to write the fine-tuned model to")
