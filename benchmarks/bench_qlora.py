@@ -5,7 +5,10 @@ Variants, each built as `postformer finetune` builds it (`load_model`, with `qua
 int8 base; PEFT LoRA with finetune's defaults: r 8, alpha 16, dropout 0.05, every Linear layer of the blocks):
   full        every weight trained (fp32), AdamW at finetune's full learning rate, 5e-5
   lora        LoRA adapters on the fp32 base, AdamW at finetune's LoRA learning rate, 2e-4
-  lora-int8   LoRA adapters on the torchao int8 base (weight-only, one scale per row), 2e-4
+  lora-int8   LoRA adapters on the torchao int8 base (weight-only, one scale per row), 2e-4, with finetune's
+              `keep_int8_for_backward` (the int8 layers keep only their int8 weights for the backward pass)
+  lora-int8-stock  the same with torchao's linear as it is, which keeps an fp32 copy of each int8 weight for
+              the backward pass (what finetune did before keep_int8_for_backward)
 Constant learning rate, gradient clipping at 1.0 (Trainer's default), no weight decay; the same batches (--batch
 blocks of --block packed train posts) in the same order for every variant.
 
@@ -50,11 +53,13 @@ from postformer.model_files import load_model
 from postformer.modeling import PostformerConfig, PostformerForCausalLM
 from postformer.tokenization import config_token_ids, train_tokenizer
 from postformer.training.arguments import FinetuneArguments
+from postformer.training.finetune import keep_int8_for_backward
 from postformer.training.data import pack_posts
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VARIANTS = ("full", "lora", "lora-int8")
-LEARNING_RATES = {"full": 5e-5, "lora": 2e-4, "lora-int8": 2e-4}  # finetune's defaults
+VARIANTS = ("full", "lora", "lora-int8", "lora-int8-stock")
+INT8 = ("lora-int8", "lora-int8-stock")
+LEARNING_RATES = {"full": 5e-5, "lora": 2e-4, "lora-int8": 2e-4, "lora-int8-stock": 2e-4}  # finetune's defaults
 PROFILED_STEPS = 2
 MIB = 2**20
 
@@ -75,13 +80,15 @@ def base_folder(preset: str, model: str | None, train_texts: list[str], scratch:
 def build(variant: str, folder: Path):
     """The model of `variant` as finetune builds it (in train mode) and its trainable parameters."""
     set_seed(0)  # the same LoRA initialisation for both LoRA variants
-    options = {"quantization_config": quantization_config("int8")} if variant == "lora-int8" else {}
+    options = {"quantization_config": quantization_config("int8")} if variant in INT8 else {}
     model, _ = load_model(folder, **options)
     if variant != "full":
         job = FinetuneArguments(model=str(folder))
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=job.lora_r, lora_alpha=job.lora_alpha,
                                                  lora_dropout=job.lora_dropout, target_modules=job.target_modules,
                                                  bias="none"))
+    if variant == "lora-int8":
+        keep_int8_for_backward(model)
     return model.train(), [p for p in model.parameters() if p.requires_grad]
 
 
@@ -150,12 +157,12 @@ def bench_preset(preset: str, folder: Path, train: torch.Tensor, validation: tor
             result["val_loss_merged"] = validation_loss(run["model"].merge_and_unload(), validation, args.batch)
         results[variant] = result
         del run["model"], run["optimizer"]
-    for variant in ("lora", "lora-int8"):
+    for variant in VARIANTS[1:]:
         for key in ("peak_training_mib", "state_mib", "tokens_per_second"):
             results[variant][f"{key}_vs_full"] = results[variant][key] / results["full"][key]
-    int8, lora = results["lora-int8"], results["lora"]
-    int8["peak_vs_lora"] = int8["peak_training_mib"] / lora["peak_training_mib"]
-    int8["speed_vs_lora"] = int8["tokens_per_second"] / lora["tokens_per_second"]
+    for variant in INT8:
+        results[variant]["peak_vs_lora"] = results[variant]["peak_training_mib"] / results["lora"]["peak_training_mib"]
+        results[variant]["speed_vs_lora"] = results[variant]["tokens_per_second"] / results["lora"]["tokens_per_second"]
     return results
 
 
@@ -176,7 +183,9 @@ def markdown(results: dict) -> str:
         "Peak training memory: the model's tensors + the highest running sum of torch.profiler's allocations over "
         "a fresh AdamW's first 2 steps (deterministic). State: model tensors + gradient and two AdamW moments per "
         "trainable parameter. Tokens/s: median step, variants interleaved. Val. loss: mean over the validation "
-        "blocks, before training and after the steps (int8 merged: after PEFT's merge re-quantised the weights).",
+        "blocks, before training and after the steps (int8 merged: after PEFT's merge re-quantised the weights). "
+        "lora-int8 is what `finetune --lora --quantize int8` runs; lora-int8-stock the same with torchao's linear "
+        "as it is (an fp32 copy of each int8 weight kept for the backward pass).",
         "",
         "| preset | variant | trainable params | model MiB | state MiB | peak training MiB | peak vs full "
         "| tokens/s | speed vs full | val. loss before | val. loss after | int8 merged |",
@@ -193,9 +202,10 @@ def markdown(results: dict) -> str:
                 f"| {r['val_loss_before']:.4f} | {r['val_loss']:.4f} | {merged} |")
     lines.append("")
     for preset, row in results["rows"].items():
-        q = row["variants"]["lora-int8"]
-        lines.append(f"- {preset} ({row['model']}): int8 base against fp32 LoRA: peak memory {q['peak_vs_lora']:.2f}x, "
-                     f"speed {q['speed_vs_lora']:.2f}x; {q['timed_steps']} timed steps per variant.")
+        q, stock = row["variants"]["lora-int8"], row["variants"]["lora-int8-stock"]
+        lines.append(f"- {preset} ({row['model']}): int8 base against fp32 LoRA: peak memory {q['peak_vs_lora']:.2f}x "
+                     f"(stock torchao backward: {stock['peak_vs_lora']:.2f}x), speed {q['speed_vs_lora']:.2f}x "
+                     f"({stock['speed_vs_lora']:.2f}x); {q['timed_steps']} timed steps per variant.")
     return "\n".join(lines) + "\n"
 
 

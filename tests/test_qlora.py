@@ -4,6 +4,7 @@ everything is safetensors; --quantize without --lora and a missing bitsandbytes 
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from conftest import TINY_POSTS, save_tiny_model
 
 from postformer.cli import main as cli
 from postformer.model_files import load_model
-from postformer.training.finetune import BASE_QUANTIZATION_FILE, finetune, load_adapter
+from postformer.training.finetune import BASE_QUANTIZATION_FILE, finetune, keep_int8_for_backward, load_adapter
 
 pytest.importorskip("torchao")
 from peft.tuners.lora import LoraModel  # noqa: E402
@@ -109,6 +110,47 @@ def test_merged_model_is_int8_safetensors_close_to_the_adapter(qlora_run):
     assert 0 < difference < 2 * rounding and difference < 0.05, (difference, rounding)
     effect = (reference - int8_base(IDS).logits).abs().max().item()
     assert effect > 5 * difference, (effect, difference)
+
+
+def test_int8_layers_keep_no_fp32_copy_of_their_weights_for_backward_and_give_the_same_gradients(qlora_run):
+    from peft import LoraConfig, get_peft_model
+
+    runs = {}
+    for patched in (False, True):
+        model, _ = load_model(qlora_run["base"], quantization_config=_int8())
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
+                                                 target_modules=list(TARGETS))).train()
+        torch.manual_seed(0)
+        with torch.no_grad():  # B starts at zero: give it values, so that gradients reach every layer
+            for name, parameter in model.named_parameters():
+                if parameter.requires_grad:
+                    parameter.normal_(0, 0.1)
+        if patched:
+            keep_int8_for_backward(model)
+        saved = []  # bytes of the plain floating-point tensors autograd keeps for the backward pass
+
+        def pack(tensor):
+            if type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.is_floating_point():
+                saved.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = model(IDS, labels=IDS).loss
+        loss.backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        weights = _target_weights(model.base_model.model)
+        # The first layer's q/k/v read the embedded tokens, which need no gradient: nothing is kept for them.
+        first_qkv = re.compile(r"model\.layers\.0\.self_attn\.[qkv]_proj")
+        kept = {name: w for name, w in weights.items() if not first_qkv.fullmatch(name)}
+        runs[patched] = dict(loss=loss.detach(), grads=grads, saved=sum(saved),
+                             fp32_weights=sum(4 * w.numel() for w in kept.values()))
+    plain, patched = runs[False], runs[True]
+    assert torch.equal(plain["loss"], patched["loss"])  # the same forward
+    for name, grad in plain["grads"].items():  # the same gradients, up to float rounding (another product order)
+        torch.testing.assert_close(patched["grads"][name], grad, rtol=1e-4, atol=1e-6)
+    # torchao's linear alone keeps an fp32 copy of each int8 weight for the backward pass (and its scales); patched,
+    # neither
+    assert plain["saved"] - patched["saved"] >= plain["fp32_weights"] > 0
 
 
 def _int8():

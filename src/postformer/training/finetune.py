@@ -49,6 +49,7 @@ Adapters trained on Postformer 0.1 target its fused `qkv_proj`, which models no 
 
 import json
 import math
+import types
 import warnings
 from pathlib import Path
 
@@ -124,6 +125,42 @@ def check_target_modules(model: nn.Module, target_modules) -> list[str]:
             f"{linear_module_names(model)} (default: {list(DEFAULT_LORA_TARGET_MODULES)})"
         )
     return targets
+
+
+class _FrozenQuantizedLinear(torch.autograd.Function):
+    """`F.linear(x, weight, bias)` for a frozen quantised (torchao) weight that keeps only the quantised weight for
+    the backward pass, which dequantises it again for the input's gradient.
+
+    torchao's weight-only int8 linear casts the int8 weight to the input's dtype for its matmul, and autograd keeps
+    that fp32 copy until the backward pass: LoRA on the int8 base then held every adapted layer's weight in fp32 as
+    well at the peak of a step, and needed no less memory than LoRA on the fp32 base (benchmarks/bench_qlora.py).
+    The output is the same (`F.linear` runs as before); the backward costs one more dequantisation per layer."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight)
+        return nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        grad_x = grad @ weight.dequantize().to(grad.dtype) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, None, grad_bias
+
+
+def _frozen_quantized_forward(self, x):
+    return _FrozenQuantizedLinear.apply(x, self.weight, self.bias)
+
+
+def keep_int8_for_backward(model) -> None:
+    """Make every Linear layer of `model` with a torchao-quantised weight keep only its quantised weight for the
+    backward pass (see _FrozenQuantizedLinear), in place: the layer's forward is replaced on the instance."""
+    from torchao.utils import TorchAOBaseTensor
+
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and isinstance(module.weight, TorchAOBaseTensor):
+            module.forward = types.MethodType(_frozen_quantized_forward, module)
 
 
 def _perplexity(loss: float) -> float:
@@ -234,6 +271,8 @@ def _run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> 
             target_modules=list(job.target_modules), bias="none",
         )
         model = get_peft_model(model, lora_config)
+        if job.quantize == "int8":
+            keep_int8_for_backward(model)
         if job.base_model:
             # adapter_config.json (and the card PEFT writes beside it) then name the Hub model, not a local path,
             # so `AutoPeftModelForCausalLM.from_pretrained` of the published adapter finds its base.
@@ -387,4 +426,4 @@ def upgrade_adapter(adapter_dir, output_dir, model_dir=None) -> Path:
 
 
 __all__ = ["DEFAULT_LORA_TARGET_MODULES", "finetune", "run_finetune", "check_target_modules",
-           "linear_module_names", "load_adapter", "upgrade_adapter"]
+           "linear_module_names", "keep_int8_for_backward", "load_adapter", "upgrade_adapter"]
