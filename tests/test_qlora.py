@@ -177,6 +177,15 @@ def test_quantize_without_lora_is_refused_in_one_line(qlora_run, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+def test_lora_on_an_int8_folder_needs_no_quantize_and_stays_int8(qlora_run, tmp_path):
+    again = tmp_path / "again"
+    metrics = finetune(qlora_run["out"], qlora_run["data"], again, lora=True, lora_r=4, max_steps=2, batch_size=4,
+                       block_size=16, quiet=True)
+    assert metrics["quantize"] is None and metrics["trainable_parameters"] < metrics["parameters"]
+    merged, _ = load_model(again)
+    assert all(isinstance(w, TorchAOBaseTensor) for w in _target_weights(merged).values())
+
+
 def test_4bit_without_bitsandbytes_is_one_clear_line(qlora_run, tmp_path, capsys):
     try:
         import bitsandbytes  # noqa: F401

@@ -25,8 +25,9 @@ dotted path); a name that matches no Linear module is a ValueError that lists th
 LoRA on a quantised base (`--lora --quantize int8`, QLoRA on the CPU): the base model is loaded through
 transformers' quantisation config (`compression.quantization_config`: torchao weight-only int8, the format of
 `postformer compress --int8`; or bitsandbytes 4-bit NF4, GPU-first and untested here) and its Linear weights stay
-quantised and frozen while the fp32 adapters train on top (PEFT's torchao LoRA layer: the int8 weight is used as
-it is in the forward and backward passes). What is saved:
+quantised and frozen while the fp32 adapters train on top (PEFT's torchao LoRA layer), and the int8 layers keep
+only their int8 weights for the backward pass (`keep_int8_for_backward`; torchao's linear alone would keep an fp32
+copy of each). What is saved:
 
 - `adapter/`: the adapter (safetensors), and `base_quantization.json` naming the base folder and the
   quantisation. The base folder is never rewritten: `load_adapter` loads it, quantises it again (to the same int8
@@ -155,8 +156,12 @@ def _frozen_quantized_forward(self, x):
 
 def keep_int8_for_backward(model) -> None:
     """Make every Linear layer of `model` with a torchao-quantised weight keep only its quantised weight for the
-    backward pass (see _FrozenQuantizedLinear), in place: the layer's forward is replaced on the instance."""
-    from torchao.utils import TorchAOBaseTensor
+    backward pass (see _FrozenQuantizedLinear), in place: the layer's forward is replaced on the instance. Other
+    layers are left as they are."""
+    try:
+        from torchao.utils import TorchAOBaseTensor
+    except ImportError:  # then no weight is a torchao tensor
+        return
 
     for module in model.modules():
         if isinstance(module, nn.Linear) and isinstance(module.weight, TorchAOBaseTensor):
@@ -235,7 +240,8 @@ def _run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> 
 
     set_seed(args.seed)  # LoRA's initial A matrices and dropout masks depend on the seed alone
     model, tokenizer = load_model(model_dir, **quantization)  # a damaged folder is named before any work
-    if not job.lora and getattr(model, "hf_quantizer", None) is not None:
+    quantized_base = getattr(model, "hf_quantizer", None) is not None  # --quantize, or a folder saved quantised
+    if quantized_base and not job.lora:
         raise ValueError(f"the model in {str(model_dir)!r} is quantised: its weights cannot be trained; add --lora "
                          "to train adapters on it")
     context = getattr(model.config, "max_position_embeddings", None)
@@ -271,7 +277,7 @@ def _run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> 
             target_modules=list(job.target_modules), bias="none",
         )
         model = get_peft_model(model, lora_config)
-        if job.quantize == "int8":
+        if quantized_base:
             keep_int8_for_backward(model)
         if job.base_model:
             # adapter_config.json (and the card PEFT writes beside it) then name the Hub model, not a local path,
