@@ -116,7 +116,7 @@ def bench_preset(preset: str, folder: Path, train: torch.Tensor, validation: tor
     for variant in VARIANTS:
         model, parameters = build(variant, folder)
         run = runs[variant] = {"model": model, "parameters": parameters, "times": []}
-        run["val_loss_before"] = validation_loss(model, validation, args.batch)
+        before = validation_loss(model, validation, args.batch)
         trainable = sum(p.numel() for p in parameters)
         gc.collect()
 
@@ -134,6 +134,7 @@ def bench_preset(preset: str, folder: Path, train: torch.Tensor, validation: tor
             "state_mib": (model_bytes + 3 * 4 * trainable) / MIB,  # + gradient, exp_avg, exp_avg_sq (fp32)
             "peak_training_mib": memory["peak_bytes"] / MIB,
             "learning_rate": LEARNING_RATES[variant],
+            "val_loss_before": before,
         }
         print(f"{preset} {variant}: peak {run['result']['peak_training_mib']:.1f} MiB", flush=True)
 
@@ -151,7 +152,6 @@ def bench_preset(preset: str, folder: Path, train: torch.Tensor, validation: tor
         result = run["result"]
         result["tokens_per_second"] = args.batch * args.block / statistics.median(run["times"])
         result["timed_steps"] = len(run["times"])
-        result["val_loss_before"] = run["val_loss_before"]
         result["val_loss"] = validation_loss(run["model"], validation, args.batch)
         if variant == "lora-int8":
             result["val_loss_merged"] = validation_loss(run["model"].merge_and_unload(), validation, args.batch)

@@ -234,7 +234,8 @@ def _run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> 
     if job.quantize is not None:
         from ..compression import quantization_config
 
-        if isinstance(model_dir, Path) and "quantization_config" in json.loads((model_dir / "config.json").read_text()):
+        if isinstance(model_dir, Path) and "quantization_config" in json.loads(
+                (model_dir / "config.json").read_text(encoding="utf-8")):
             raise ValueError(f"the model in {str(model_dir)!r} is already quantised: leave out --quantize")
         quantization["quantization_config"] = quantization_config(job.quantize)  # a missing library fails now
 
