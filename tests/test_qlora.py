@@ -1,6 +1,7 @@
 """LoRA on a quantised frozen base (`postformer finetune --lora --quantize int8`, QLoRA on the CPU): the base stays
-int8 through training, the adapter reloads onto the re-quantised base exactly, the merged model is int8 and close,
-everything is safetensors; --quantize without --lora and a missing bitsandbytes are one-line errors."""
+int8 through training and keeps no fp32 copy of its weights for the backward pass, the adapter reloads onto the
+re-quantised base exactly, the merged model is int8 and close, everything is safetensors; --quantize without --lora
+and a missing bitsandbytes are one-line errors."""
 
 import hashlib
 import json
