@@ -336,10 +336,20 @@ def add_mfu(training: dict, peaks: dict):
 # ------------------------------------------------------------------------------------------------ memory
 
 def tensor_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers, each storage once; a tensor subclass (torchao's int8 weights)
+    by the plain tensors it holds (its int8 data and scales), not the floating-point size it poses as."""
     storages = {}
-    for tensor in [*model.parameters(), *model.buffers()]:
+
+    def add(tensor):
+        if hasattr(tensor, "__tensor_flatten__"):
+            for name in tensor.__tensor_flatten__()[0]:
+                add(getattr(tensor, name))
+            return
         storage = tensor.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
+
+    for tensor in [*model.parameters(), *model.buffers()]:
+        add(tensor)
     return sum(storages.values())
 
 

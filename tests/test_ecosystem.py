@@ -201,6 +201,7 @@ def test_finetune_lora_cli_writes_merged_model_adapter_metrics_and_card(workdir,
     from transformers import AutoModelForCausalLM
 
     from postformer.push import upload_plan
+    from postformer.training.finetune import BASE_QUANTIZATION_FILE, load_adapter
 
     data = tmp_path / "posts"
     data.mkdir()
@@ -235,6 +236,10 @@ def test_finetune_lora_cli_writes_merged_model_adapter_metrics_and_card(workdir,
     ids = torch.tensor([[1, 20, 30, 40, 50]])
     with torch.no_grad():
         assert not torch.allclose(tuned(ids).logits, base(ids).logits)
+        # The adapter on its base (named here: adapter_config.json names the Hub id) gives the merged model's logits.
+        adapted, _ = load_adapter(out / "adapter", model=workdir / "model")
+        assert torch.allclose(adapted(ids).logits, tuned(ids).logits, atol=1e-5)
+    assert not (out / "adapter" / BASE_QUANTIZATION_FILE).exists()  # written by --quantize runs only
     plan = dict(upload_plan(out))
     assert {"model.safetensors", "adapter/adapter_model.safetensors", "metrics.json", "README.md"} <= set(plan)
 

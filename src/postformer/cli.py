@@ -390,7 +390,9 @@ def _finetune(args):
     keys = ("eval_loss_before", "eval_loss", "eval_perplexity_before", "eval_perplexity", "train_runtime",
             "trainable_parameters", "parameters")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
-    written = "merged model, adapter/" if job.lora else "model"
+    written = "model"
+    if job.lora:
+        written = f"merged model ({job.quantize}), adapter/" if job.quantize else "merged model, adapter/"
     print(f"{written}, tokenizer, metrics.json and model card written to {training_args.output_dir}")
 
 
@@ -632,8 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "finetune", help="fine-tune a saved model on posts, fully or with LoRA",
         description="Fine-tune a model folder on posts. With --lora, LoRA adapters are trained on "
         "--target-modules (default: q_proj k_proj v_proj o_proj up_proj down_proj, every Linear layer of the "
-        "blocks) and the output folder gets the merged model plus the adapter in adapter/. Every option of "
-        "transformers' TrainingArguments is a flag too.",
+        "blocks) and the output folder gets the merged model plus the adapter in adapter/. --lora --quantize int8 "
+        "trains the adapters on a base loaded with int8 weights (QLoRA on the CPU, torchao); the merged model is then "
+        "int8 too. Every option of transformers' TrainingArguments is a flag too.",
     )
     ft.set_defaults(func=_finetune)
 

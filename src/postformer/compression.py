@@ -74,6 +74,33 @@ def _torchao():
     return TorchAoConfig, Int8WeightOnlyConfig
 
 
+# `quantization_config` kinds: torchao int8 (weight-only), bitsandbytes 4-bit NF4 ("4bit" is another name for it).
+QUANTIZATIONS = ("int8", "nf4", "4bit")
+
+
+def quantization_config(kind: str):
+    """transformers' quantisation config for `kind`, which `from_pretrained(..., quantization_config=)` loads a
+    model with: "int8", torchao weight-only int8 of the decoder's Linear layers (`TorchAoConfig`, see the module
+    docstring; needs torchao); "nf4" / "4bit", bitsandbytes 4-bit NF4 with double quantisation, as in QLoRA
+    (`BitsAndBytesConfig`; GPU-first, needs bitsandbytes, which postformer neither installs nor tests). A
+    missing library is a MissingDependencyError (one line), an unknown kind a ValueError."""
+    if kind == "int8":
+        torchao_config, int8_weight_only = _torchao()
+        return torchao_config(int8_weight_only())
+    if kind in ("nf4", "4bit"):
+        try:
+            import bitsandbytes  # noqa: F401
+        except Exception:  # not installed, or installed without a usable backend
+            raise MissingDependencyError(
+                f"quantize {kind} needs bitsandbytes, which does not import here: pip install bitsandbytes "
+                "(GPU-first; postformer neither installs nor tests it; int8 works on the CPU)"
+            ) from None
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+    raise ValueError(f"quantize: unknown quantisation {kind!r}; choose one of {', '.join(QUANTIZATIONS)}")
+
+
 def to_dtype(model, dtype: str):
     """Cast every floating tensor of `model` to "fp16" or "bf16", in place; return the model.
     save_pretrained then records the dtype in config.json, and from_pretrained loads it back in that dtype."""
@@ -93,12 +120,10 @@ def quantize_int8(model):
     """
     if getattr(model, "hf_quantizer", None) is not None:
         raise ValueError("the model is already quantised; quantise the original (floating-point) model")
-    torchao_config, int8_weight_only = _torchao()
+    config = quantization_config("int8")
     with tempfile.TemporaryDirectory(prefix="postformer-int8-") as folder:
         model.save_pretrained(folder)
-        quantized = type(model).from_pretrained(
-            folder, dtype=model.dtype, quantization_config=torchao_config(int8_weight_only())
-        )
+        quantized = type(model).from_pretrained(folder, dtype=model.dtype, quantization_config=config)
     return quantized.eval()
 
 
@@ -362,6 +387,7 @@ def format_report(report: dict) -> str:
 
 
 __all__ = [
-    "DTYPES", "PRUNE_SCOPES", "MissingDependencyError", "to_dtype", "quantize_int8", "prunable_layers",
-    "prune_model", "sparsity", "weights_size", "generation_speed", "compress_model", "format_report",
+    "DTYPES", "PRUNE_SCOPES", "QUANTIZATIONS", "MissingDependencyError", "quantization_config", "to_dtype",
+    "quantize_int8", "prunable_layers", "prune_model", "sparsity", "weights_size", "generation_speed",
+    "compress_model", "format_report",
 ]

@@ -185,6 +185,10 @@ class FinetuneArguments:
         "the base model's Hub repo id, for the model card's metadata and the adapter config (default: the --model "
         "folder, named in the card's text only)"))
     lora: bool = field(default=False, metadata=_help("train LoRA adapters instead of every weight"))
+    quantize: Literal["int8", "nf4", "4bit"] | None = field(default=None, metadata=_help(
+        "with --lora: load the frozen base model quantised and train the adapters on it (QLoRA); int8: torchao "
+        "weight-only int8 of the blocks' Linear layers (CPU); nf4 / 4bit: bitsandbytes 4-bit NF4 (GPU-first, "
+        "needs bitsandbytes; untested by postformer). The merged model is quantised the same way"))
     lora_r: int = field(default=8, metadata=_help("LoRA rank"))
     lora_alpha: int = field(default=16, metadata=_help("LoRA scale numerator: scale = alpha / r"))
     lora_dropout: float = field(default=0.05, metadata=_help("dropout on the LoRA input"))

@@ -22,12 +22,35 @@ The LM head (`lm_head`) is left out: it is tied to the token embeddings, and ada
 Linear module of the model may be named with `target_modules` (its last name component, e.g. "o_proj", or its full
 dotted path); a name that matches no Linear module is a ValueError that lists the model's Linear module names.
 
+LoRA on a quantised base (`--lora --quantize int8`, QLoRA on the CPU): the base model is loaded through
+transformers' quantisation config (`compression.quantization_config`: torchao weight-only int8, the format of
+`postformer compress --int8`; or bitsandbytes 4-bit NF4, GPU-first and untested here) and its Linear weights stay
+quantised and frozen while the fp32 adapters train on top (PEFT's torchao LoRA layer), and the int8 layers keep
+only their int8 weights for the backward pass (`keep_int8_for_backward`; torchao's linear alone would keep an fp32
+copy of each). What is saved:
+
+- `adapter/`: the adapter (safetensors), and `base_quantization.json` naming the base folder and the
+  quantisation. The base folder is never rewritten: `load_adapter` loads it, quantises it again (to the same int8
+  weights: quantisation is deterministic) and puts the adapter on it, giving the logits of the end of training
+  exactly.
+- the merged model: PEFT's merge dequantises each target, adds (alpha / r) B A and quantises the sum again, so
+  the merged model is int8 like its base (about a quarter of the fp32 size for the blocks' weights), saved as
+  `compress --int8` saves it (safetensors, torchao's flattened tensors) and loaded with `from_pretrained` (torchao
+  installed). Its logits differ from the adapter's by that one more int8 rounding, about what quantising the base
+  moved them by (tests/test_qlora.py). For an fp32 model instead, merge the adapter into the fp32 base yourself
+  (`PeftModel.from_pretrained(fp32_base, adapter).merge_and_unload()`): it then differs from the trained model by
+  the base's quantisation error.
+
+`--quantize` without `--lora` is refused (int8 weights cannot be trained), as is a full fine-tune of a folder that
+is already quantised (a LoRA run on one works, without `--quantize`).
+
 Adapters trained on Postformer 0.1 target its fused `qkv_proj`, which models no longer have: `upgrade_adapter`
 (`postformer upgrade-adapter OLD --output-dir NEW`) rewrites such an adapter for q_proj/k_proj/v_proj, exactly.
 """
 
 import json
 import math
+import types
 import warnings
 from pathlib import Path
 
@@ -43,6 +66,10 @@ from .arguments import (
     run_record,
 )
 
+
+
+# Written beside a quantised run's adapter: the base model and its quantisation, for `load_adapter`.
+BASE_QUANTIZATION_FILE = "base_quantization.json"
 
 
 def _check_arguments(job: FinetuneArguments, args: PostformerTrainingArguments) -> None:
@@ -63,6 +90,9 @@ def _check_arguments(job: FinetuneArguments, args: PostformerTrainingArguments) 
         raise ValueError(f"max_eval_posts must be at least 1, got {job.max_eval_posts!r}")
     if job.lora and not job.target_modules:
         raise ValueError("target_modules is empty: name at least one Linear module for LoRA")
+    if job.quantize is not None and not job.lora:
+        raise ValueError(f"--quantize {job.quantize} needs --lora: quantised weights cannot be trained, only "
+                         "LoRA adapters on a quantised base")
 
 
 def _check_output_dir(model_dir: Path, output_dir: Path) -> None:
@@ -98,6 +128,46 @@ def check_target_modules(model: nn.Module, target_modules) -> list[str]:
     return targets
 
 
+class _FrozenQuantizedLinear(torch.autograd.Function):
+    """`F.linear(x, weight, bias)` for a frozen quantised (torchao) weight that keeps only the quantised weight for
+    the backward pass, which dequantises it again for the input's gradient.
+
+    torchao's weight-only int8 linear casts the int8 weight to the input's dtype for its matmul, and autograd keeps
+    that fp32 copy until the backward pass: LoRA on the int8 base then held every adapted layer's weight in fp32 as
+    well at the peak of a step, and needed no less memory than LoRA on the fp32 base (benchmarks/bench_qlora.py).
+    The output is the same (`F.linear` runs as before); the backward costs one more dequantisation per layer."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight)
+        return nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        grad_x = grad @ weight.dequantize().to(grad.dtype) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, None, grad_bias
+
+
+def _frozen_quantized_forward(self, x):
+    return _FrozenQuantizedLinear.apply(x, self.weight, self.bias)
+
+
+def keep_int8_for_backward(model) -> None:
+    """Make every Linear layer of `model` with a torchao-quantised weight keep only its quantised weight for the
+    backward pass (see _FrozenQuantizedLinear), in place: the layer's forward is replaced on the instance. Other
+    layers are left as they are."""
+    try:
+        from torchao.utils import TorchAOBaseTensor
+    except ImportError:  # then no weight is a torchao tensor
+        return
+
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and isinstance(module.weight, TorchAOBaseTensor):
+            module.forward = types.MethodType(_frozen_quantized_forward, module)
+
+
 def _perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))
 
@@ -111,15 +181,18 @@ def finetune(model_dir, data=None, output_dir=None, **options) -> dict:
     PostformerTrainingArguments (max_steps, num_train_epochs / epochs, learning_rate, batch_size, seed, quiet, ...),
     as `postformer finetune` takes them. lora=True trains LoRA adapters (rank `lora_r`, scale `lora_alpha /
     lora_r`, `lora_dropout`) on `target_modules` and keeps every base weight frozen; otherwise all weights are
-    trained. learning_rate None (the default): 2e-4 with LoRA, 5e-5 otherwise. base_model: the base model's Hub
-    repo id, which the model card's metadata links to (and the adapter config names); None: the card names the
-    local `model_dir` in its text only, since the Hub could not resolve it.
+    trained. quantize ("int8", or "nf4" / "4bit" with bitsandbytes; needs lora=True): the frozen base is loaded
+    quantised and the merged model is quantised the same way (see the module docstring). learning_rate None (the
+    default): 2e-4 with LoRA, 5e-5 otherwise. base_model: the base model's Hub repo id, which the model card's
+    metadata links to (and the adapter config names); None: the card names the local `model_dir` in its text
+    only, since the Hub could not resolve it.
 
     Writes to output_dir (refused when it already holds a model): the fine-tuned (for LoRA: merged) model and
     tokenizer as a complete model folder that `from_pretrained` loads, `adapter/` (LoRA: the adapter alone, for
-    `PeftModel.from_pretrained`), metrics.json, training_config.json, training_args.json, loss_curve.png and
-    README.md (model card). Returns the metrics: eval_loss / eval_perplexity after, eval_loss_before /
-    eval_perplexity_before, the Trainer's train metrics, parameters and trainable_parameters.
+    `PeftModel.from_pretrained` or `load_adapter`), metrics.json, training_config.json, training_args.json,
+    loss_curve.png and README.md (model card). Returns the metrics: eval_loss / eval_perplexity after,
+    eval_loss_before / eval_perplexity_before, the Trainer's train metrics, parameters, trainable_parameters,
+    lora and quantize.
     """
     if output_dir is None:
         raise ValueError("output_dir is required: the folder to write the fine-tuned model to")
@@ -157,8 +230,21 @@ def _run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> 
     if args.learning_rate is None:
         args.learning_rate = 2e-4 if job.lora else 5e-5
 
+    quantization = {}
+    if job.quantize is not None:
+        from ..compression import quantization_config
+
+        if isinstance(model_dir, Path) and "quantization_config" in json.loads(
+                (model_dir / "config.json").read_text(encoding="utf-8")):
+            raise ValueError(f"the model in {str(model_dir)!r} is already quantised: leave out --quantize")
+        quantization["quantization_config"] = quantization_config(job.quantize)  # a missing library fails now
+
     set_seed(args.seed)  # LoRA's initial A matrices and dropout masks depend on the seed alone
-    model, tokenizer = load_model(model_dir)  # a damaged folder is named before any work
+    model, tokenizer = load_model(model_dir, **quantization)  # a damaged folder is named before any work
+    quantized_base = getattr(model, "hf_quantizer", None) is not None  # --quantize, or a folder saved quantised
+    if quantized_base and not job.lora:
+        raise ValueError(f"the model in {str(model_dir)!r} is quantised: its weights cannot be trained; add --lora "
+                         "to train adapters on it")
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and job.block_size > context:
         raise ValueError(
@@ -192,6 +278,8 @@ def _run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> 
             target_modules=list(job.target_modules), bias="none",
         )
         model = get_peft_model(model, lora_config)
+        if quantized_base:
+            keep_int8_for_backward(model)
         if job.base_model:
             # adapter_config.json (and the card PEFT writes beside it) then name the Hub model, not a local path,
             # so `AutoPeftModelForCausalLM.from_pretrained` of the published adapter finds its base.
@@ -224,6 +312,7 @@ def _run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> 
         "parameters": sum(p.numel() for p in model.parameters() if id(p) not in lora_parameters),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "lora": job.lora,
+        "quantize": job.quantize,
         "base_model": base_model,
     }
 
@@ -238,7 +327,13 @@ def _run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> 
                 # full embeddings need not be saved; saying so spares PEFT from asking the Hub for the base
                 # model's config.
                 model.save_pretrained(staging / "adapter", save_embedding_layers=False)
-                merged = model.merge_and_unload()  # W + (alpha / r) B A folded into each target: a plain model
+                if job.quantize is not None:  # what `load_adapter` needs to quantise the base again
+                    base = str(Path(model_dir).resolve()) if isinstance(model_dir, Path) else model_dir
+                    (staging / "adapter" / BASE_QUANTIZATION_FILE).write_text(
+                        json.dumps({"base_model": base, "quantize": job.quantize}, indent=2) + "\n")
+                # W + (alpha / r) B A folded into each target: a plain model. On a quantised base, PEFT dequantises
+                # each target, adds B A and quantises the sum again: the merged model is quantised like its base.
+                merged = model.merge_and_unload()
                 merged.save_pretrained(staging)
             else:
                 trainer.save_model(str(staging))
@@ -263,6 +358,31 @@ def _drop_load_time_tokenizer_options(path: Path) -> None:
         config.pop("is_local", None)
         config.pop("local_files_only", None)
         path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def load_adapter(adapter_dir, model=None):
+    """The model of a LoRA run, unmerged: the base model with the adapter of `adapter_dir` on it (a PeftModel, in
+    eval mode), and the base's tokenizer. The base is `model` (a folder or Hub repo id) or, by default, the one
+    the run recorded: after `--quantize`, the folder named in base_quantization.json, loaded and quantised again
+    as it was for training (the base folder is never rewritten), so the logits are those at the end of training;
+    otherwise adapter_config.json's base_model_name_or_path."""
+    from peft import PeftModel
+
+    from ..compression import quantization_config
+    from ..model_files import load_model
+
+    adapter_dir = Path(adapter_dir)
+    config_path, record_path = adapter_dir / "adapter_config.json", adapter_dir / BASE_QUANTIZATION_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"load_adapter: {config_path} is missing")
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    base = model or record.get("base_model") or json.loads(config_path.read_text(encoding="utf-8")).get(
+        "base_model_name_or_path")
+    if not base:
+        raise ValueError(f"load_adapter: {adapter_dir} does not name its base model; pass model=")
+    options = {"quantization_config": quantization_config(record["quantize"])} if record.get("quantize") else {}
+    base_model, tokenizer = load_model(base, **options)
+    return PeftModel.from_pretrained(base_model, str(adapter_dir)).eval(), tokenizer
 
 
 def upgrade_adapter(adapter_dir, output_dir, model_dir=None) -> Path:
@@ -313,4 +433,4 @@ def upgrade_adapter(adapter_dir, output_dir, model_dir=None) -> Path:
 
 
 __all__ = ["DEFAULT_LORA_TARGET_MODULES", "finetune", "run_finetune", "check_target_modules",
-           "linear_module_names", "upgrade_adapter"]
+           "linear_module_names", "keep_int8_for_backward", "load_adapter", "upgrade_adapter"]
