@@ -465,10 +465,10 @@ tags:
 
 ## Exported from
 
-Exported by `postformer export --to {to}` from the Postformer model `{name}` ({config.num_hidden_layers} layers,
-hidden size {config.hidden_size}, {config.num_attention_heads} heads / {config.num_key_value_heads} key-value heads,
-{positions} positions, {config.hidden_act}): the same weights in fp32, rearranged for {what} (model_type
-`{stock.config.model_type}`), so no custom code is needed to run it.
+Exported by `postformer export --to {to}` from the Postformer model `{name}` \
+({config.num_hidden_layers} layers, hidden size {config.hidden_size}, {config.num_attention_heads} heads / \
+{config.num_key_value_heads} key-value heads, {positions} positions, {config.hidden_act}): the same weights in \
+fp32, rearranged for {what} (model_type `{stock.config.model_type}`), so no custom code is needed to run it.
 
 ## Checks passed at export
 
