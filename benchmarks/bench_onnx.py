@@ -8,14 +8,15 @@ prefill and decoding steps, greedy tokens equal). Then greedy decoding of exactl
   pytorch       `model.generate(do_sample=False)` on the Postformer: its lean CPU decoding loop (checked by
                 DECODING_PATHS["lean"] to have run)
   onnxruntime   `postformer.export.onnx_greedy` on model.onnx: ONNX Runtime (CPU execution provider, all graph
-                optimisations, --threads intra-op threads) and a numpy loop feeding the key/value cache back
+                optimisations) and a numpy loop feeding the key/value cache back
 
-Both use --threads threads. The two are interleaved (A B A B ...) after --warmup untimed rounds; reported: the
-median tokens/s (= batch * new tokens / seconds) over --repeats rounds, and ONNX Runtime / PyTorch from the same
-run (> 1: ONNX Runtime faster). The tokens of both are compared and must be equal. Rows of earlier runs are kept
-in onnx.json (keyed by preset, batch and threads); the load average is recorded, since this machine is shared.
+Both get the same number of threads (torch's, ONNX Runtime's intra-op; --threads: each value in turn). The two
+are interleaved (A B A B ...) after --warmup untimed rounds; reported: the median tokens/s (= batch * new tokens /
+seconds) over --repeats rounds, and ONNX Runtime / PyTorch from the same run (> 1: ONNX Runtime faster). The
+tokens of both are compared. Rows of earlier runs are kept in onnx.json (keyed by preset, batch and threads); the
+load average is recorded, since this machine is shared.
 
-    python benchmarks/bench_onnx.py                                 # small and medium, 2 threads
+    python benchmarks/bench_onnx.py                                 # small and medium, 1 and 2 threads
     python benchmarks/bench_onnx.py --presets small --repeats 1 --warmup 0 --new-tokens 8 --output-dir /tmp/o
                                                                     # smoke run: numbers mean nothing
 """
@@ -123,25 +124,33 @@ def write_markdown(results: dict, path: Path) -> None:
                      f"{row['max_abs_logit_difference_onnx']:.1e} |")
     lines += ["", "Noise: a 2-core machine shared with other sessions; the ratio is the figure to read (both measured "
               "in the same run, interleaved), absolute tokens/s move with the load."]
+    lines += [f"- {note}" for note in results.get("notes", [])]
     path.write_text("\n".join(lines) + "\n")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["small", "medium"])
-    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default: 2)")
+    parser.add_argument("--presets", nargs="*", default=["small", "medium"],
+                        help="presets to measure (default: small medium; none: only rewrite onnx.md, e.g. with --note)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch and ONNX Runtime threads, one run of each preset per value (default: 1 2)")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where onnx.json/.md go")
+    parser.add_argument("--note", action="append", default=[], help="a note for the results (kept with them)")
     cli = parser.parse_args()
-    torch.set_num_threads(cli.threads)
     json_path = cli.output_dir / "onnx.json"
-    results = open_results(json_path)
-    start_load = os.getloadavg()[0]
-    for preset in cli.presets:
-        results["rows"].update(measure(preset, cli.threads, cli.new_tokens, cli.repeats, cli.warmup))
-    results["load"] = f"{start_load:.2f} / {os.getloadavg()[0]:.2f}"
+    results = json.loads(json_path.read_text()) if not cli.presets else open_results(json_path)
+    results["notes"] = results.get("notes", []) + cli.note
+    if cli.presets:
+        results["machine"] += f", onnxruntime {onnxruntime.__version__}"
+        start_load = os.getloadavg()[0]
+        for threads in cli.threads:
+            torch.set_num_threads(threads)
+            for preset in cli.presets:
+                results["rows"].update(measure(preset, threads, cli.new_tokens, cli.repeats, cli.warmup))
+        results["load"] = f"{start_load:.2f} / {os.getloadavg()[0]:.2f}"
     cli.output_dir.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, cli.output_dir / "onnx.md")
