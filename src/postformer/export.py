@@ -39,7 +39,8 @@ def check_exportable(config, to: str) -> None:
         raise ValueError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
     if to == "onnx":
         to = onnx_architecture(config)
-        rope_type = (config.rope_parameters or {}).get("rope_type") if config.position_embedding_type == "rope" else None
+        rope = (config.rope_parameters or {}) if config.position_embedding_type == "rope" else {}
+        rope_type = rope.get("rope_type")
         if rope_type in ("dynamic", "longrope"):
             raise ValueError(f"cannot export rope_type={rope_type!r} to onnx: its frequencies change with the length "
                              "of the sequence at run time, which one ONNX graph does not follow; use --to starcoder2")
@@ -219,7 +220,7 @@ class CacheAsTensors(torch.nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, past):
         from transformers import DynamicCache
 
-        # No config: every layer keeps its whole past (the mask, built from the config, still does what it says).
+        # No config: every layer keeps its whole past, as the past inputs and present outputs say.
         cache = DynamicCache()
         for layer in range(len(past) // 2):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
@@ -295,7 +296,7 @@ def onnx_greedy(folder, input_ids, attention_mask=None, max_new_tokens=20, sessi
     eos = settings.get("eos_token_id")
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     pad = settings.get("pad_token_id")
-    pad = eos[0] if pad is None and eos else pad
+    pad = (eos[0] if eos else 0) if pad is None else pad
     penalty = settings.get("repetition_penalty") or 1.0
     suppress = list(settings.get("suppress_tokens") or [])
 
@@ -315,7 +316,7 @@ def onnx_greedy(folder, input_ids, attention_mask=None, max_new_tokens=20, sessi
                 seen = np.unique(seen)
                 row[seen] = np.where(row[seen] < 0, row[seen] * penalty, row[seen] / penalty)
         scores[:, suppress] = -np.inf
-        token = np.where(done, pad if pad is not None else 0, scores.argmax(axis=1))
+        token = np.where(done, pad, scores.argmax(axis=1))
         ids = np.concatenate([ids, token[:, None]], axis=1)
         mask = np.concatenate([mask, np.ones((len(ids), 1), dtype=np.int64)], axis=1)
         done |= np.isin(token, eos)
@@ -341,7 +342,8 @@ def verify_onnx(model, stock, folder, new_tokens: int = 8, seed: int = 0) -> dic
     generator = torch.Generator().manual_seed(seed)
     worst, names = 0.0, [tensor.name for tensor in session.get_outputs()]
     heads, head_dim = kv_shape(stock.config)
-    prompt_length, padding = max(2, min(8, context - new_tokens)), 3
+    prompt_length = max(2, min(8, context - new_tokens))
+    padding = prompt_length // 2
 
     def difference(ids, mask, logits):  # ONNX Runtime's logits against PyTorch's, on the real tokens
         positions = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)
@@ -408,8 +410,8 @@ def model_card(source: str, to: str, stock, checks: dict, config) -> str:
             f"tolerance {ONNX_TOLERANCE:g});",
             f"- greedy decoding with `onnx_greedy` (below) gives the Postformer's `generate(do_sample=False)` tokens "
             f"({checks['greedy_tokens_onnx']} tokens)."]
-    heads, head_dim = kv_shape(stock.config)
     if onnx:
+        heads, head_dim = kv_shape(stock.config)
         use = f"""## Run with ONNX Runtime
 
 `model.onnx` (exported with PyTorch's `torch.onnx.export(dynamo=True)`) decodes with a key/value cache. Inputs:
