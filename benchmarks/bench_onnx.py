@@ -124,7 +124,7 @@ def write_markdown(results: dict, path: Path) -> None:
                      f"{row['max_abs_logit_difference_onnx']:.1e} |")
     lines += ["", "Noise: a 2-core machine shared with other sessions; the ratio is the figure to read (both measured "
               "in the same run, interleaved), absolute tokens/s move with the load."]
-    lines += [f"- {note}" for note in results.get("notes", [])]
+    lines += [""] * bool(results.get("notes")) + [f"- {note}" for note in results.get("notes", [])]
     path.write_text("\n".join(lines) + "\n")
 
 
