@@ -261,9 +261,9 @@ def test_export_onnx_cache_and_greedy(tmp_path, onnxruntime, name, overrides):
         assert np.array_equal(got, expected.numpy())
 
 
-def test_export_cards_and_the_onnx_snippet(tmp_path, onnxruntime):
-    """Each card says what it was exported from, the checks it passed and how to run it; the ONNX card's snippet
-    runs as printed, in a process without postformer, and decodes what `onnx_greedy` decodes."""
+def test_export_cards_and_their_snippets(tmp_path, onnxruntime):
+    """Each card says what it was exported from, the checks it passed and how to run it; the cards' snippets run
+    as printed, in a process without postformer, and the ONNX one decodes what `onnx_greedy` decodes."""
     import re
 
     from postformer.export import onnx_greedy
@@ -278,9 +278,12 @@ def test_export_cards_and_the_onnx_snippet(tmp_path, onnxruntime):
     assert "## Run with ONNX Runtime" in onnx and "library_name: onnx" in onnx and "ONNX Runtime (CPU)" in onnx
     assert "postformer export --to starcoder2" in onnx
 
-    snippet = re.search(r"```python\n(.*?)```", onnx.split("## Run with ONNX Runtime")[1], re.S).group(1)
-    printed = run_without_postformer(snippet.replace("PATH", str(tmp_path / "onnx")) + "print(ids[0].tolist())\n",
-                                     tmp_path).strip().splitlines()[-1]
+    def snippet(card, section, folder):
+        return re.search(r"```python\n(.*?)```", card.split(section)[1], re.S).group(1).replace("PATH", str(folder))
+
+    code = snippet(stock, "## Load in transformers", tmp_path / "stock") + \
+        snippet(onnx, "## Run with ONNX Runtime", tmp_path / "onnx") + "print(ids[0].tolist())\n"
+    printed = run_without_postformer(code, tmp_path).strip().splitlines()[-1]
     from tokenizers import Tokenizer
 
     prompt = [Tokenizer.from_file(str(tmp_path / "onnx" / "tokenizer.json")).encode("Breaking news:").ids]
