@@ -67,6 +67,7 @@ def test_export_equal_logits_and_greedy(tmp_path, to, name, overrides):
 
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == to and "auto_map" not in config
+    assert to != "gpt2" or config["n_ctx"] == config["n_positions"]  # what llama.cpp's GPT-2 converter reads
     assert (out / "generation_config.json").is_file() and (out / "README.md").is_file()
     ours = PostformerForCausalLM.from_pretrained(model_dir).eval()
     stock = AutoModelForCausalLM.from_pretrained(out).eval()

@@ -91,6 +91,7 @@ def gpt2_config(config):
 
     return GPT2Config(
         vocab_size=config.vocab_size, n_positions=config.max_position_embeddings, n_embd=config.hidden_size,
+        n_ctx=config.max_position_embeddings,  # n_positions' old name, which llama.cpp's GPT-2 converter reads
         n_layer=config.num_hidden_layers, n_head=config.num_attention_heads, n_inner=config.intermediate_size,
         activation_function=config.hidden_act, resid_pdrop=config.hidden_dropout, embd_pdrop=config.hidden_dropout,
         attn_pdrop=config.attention_dropout, layer_norm_epsilon=config.layer_norm_eps,
