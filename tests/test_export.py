@@ -182,11 +182,11 @@ def test_export_refuses_rope_that_starcoder2_computes_otherwise(tmp_path, monkey
 
 # ---------------------------------------------------------------------------------------------------- ONNX
 
-ONNX_CASES = {
+ONNX_CASES = {  # gpt2's graph is exported in the quick tier too, by test_export_onnx_cli_and_missing_onnxruntime
     "rope gqa untied": dict(num_key_value_heads=2, tie_word_embeddings=False),
-    "learned": dict(position_embedding_type="learned"),
 }
 ONNX_SLOW_CASES = {
+    "learned": dict(position_embedding_type="learned"),
     "rope yarn relu2": dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0},
                             hidden_act="relu2"),
     "rope llama3 mqa": dict(rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0,
@@ -318,3 +318,21 @@ def test_export_onnx_cli_and_missing_onnxruntime(tmp_path, capsys, monkeypatch, 
     assert cli(["export", "--model", str(model_dir), "--to", "onnx", "--output-dir", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
     assert "needs onnxruntime: pip install 'postformer[onnx]'" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"model_type": "starcoder2", "hidden_act": "silu"}, "computes GELU in starcoder2"),
+    ({"model_type": "gpt2", "activation_function": "gelu_new", "n_embd": 32, "n_inner": 64}, "4 x n_embd = 128"),
+], ids=["silu", "gpt2 feed-forward"])
+def test_convert_to_gguf_refuses_what_llama_cpp_computes_otherwise(tmp_path, config, message):
+    """scripts/convert_to_gguf.py checks the folder before it looks for llama.cpp (not installed here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    script = Path(__file__).resolve().parent.parent / "scripts" / "convert_to_gguf.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "no-llama.cpp"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1
