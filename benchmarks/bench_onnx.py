@@ -43,8 +43,8 @@ PROMPT_LENGTH, BATCHES = 16, (1, 8)
 
 
 def build(preset: str, folder: Path):
-    """The preset's model (eval, fp32, the generation config training writes but with no stop token) and an
-    ONNX Runtime session of its checked ONNX export in `folder`."""
+    """The preset's model (eval, fp32, the generation config training writes but with no stop token), exported to
+    `folder` (model.onnx, generation_config.json) and checked there; the model and the checks."""
     torch.manual_seed(0)
     model = PostformerForCausalLM(PostformerConfig.from_preset(preset, hidden_dropout=0.0,
                                                                attention_dropout=0.0)).eval()

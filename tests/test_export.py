@@ -267,6 +267,8 @@ def test_export_cards_and_their_snippets(tmp_path, onnxruntime):
     as printed, in a process without postformer, and the ONNX one decodes what `onnx_greedy` decodes."""
     import re
 
+    from tokenizers import Tokenizer
+
     from postformer.export import onnx_greedy
 
     model_dir = save_tiny_model(tmp_path / "model")
@@ -285,8 +287,6 @@ def test_export_cards_and_their_snippets(tmp_path, onnxruntime):
     code = snippet(stock, "## Load in transformers", tmp_path / "stock") + \
         snippet(onnx, "## Run with ONNX Runtime", tmp_path / "onnx") + "print(ids[0].tolist())\n"
     printed = run_without_postformer(code, tmp_path).strip().splitlines()[-1]
-    from tokenizers import Tokenizer
-
     prompt = [Tokenizer.from_file(str(tmp_path / "onnx" / "tokenizer.json")).encode("Breaking news:").ids]
     assert printed == str(onnx_greedy(tmp_path / "onnx", prompt, max_new_tokens=40)[0].tolist())
 
