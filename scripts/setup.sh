@@ -9,4 +9,4 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,extras]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,extras,onnx]"

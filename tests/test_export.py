@@ -72,6 +72,7 @@ def test_export_equal_logits_and_greedy(tmp_path, to, name, overrides):
     assert config["model_type"] == to and "auto_map" not in config
     if to == "starcoder2":
         assert config["sliding_window"] == overrides.get("sliding_window")
+    assert to != "gpt2" or config["n_ctx"] == config["n_positions"]  # what llama.cpp's GPT-2 converter reads
     assert (out / "generation_config.json").is_file() and (out / "README.md").is_file()
     ours = PostformerForCausalLM.from_pretrained(model_dir).eval()
     stock = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -187,3 +188,161 @@ def test_export_refuses_rope_that_starcoder2_computes_otherwise(tmp_path, monkey
     with pytest.raises(ValueError, match="starcoder2 computes other rotary frequencies"):
         export_model(model_dir, "starcoder2", tmp_path / "out")
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- ONNX
+
+ONNX_CASES = {  # gpt2's graph is exported in the quick tier too, by test_export_onnx_cli_and_missing_onnxruntime
+    "rope gqa untied": dict(num_key_value_heads=2, tie_word_embeddings=False),
+}
+ONNX_SLOW_CASES = {
+    "learned": dict(position_embedding_type="learned"),
+    "rope yarn relu2": dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0},
+                            hidden_act="relu2"),
+    "rope llama3 mqa": dict(rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0,
+                                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                             "original_max_position_embeddings": 32}, num_key_value_heads=1),
+    "sinusoidal gqa": dict(position_embedding_type="sinusoidal", num_key_value_heads=2),
+    "none": dict(position_embedding_type="none"),
+}
+ONNX_ALL = [pytest.param(name, kw, id=name) for name, kw in ONNX_CASES.items()] + \
+    [pytest.param(name, kw, id=name, marks=pytest.mark.slow) for name, kw in ONNX_SLOW_CASES.items()]
+
+
+@pytest.fixture
+def onnxruntime():
+    pytest.importorskip("onnxscript")
+    return pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("name,overrides", ONNX_ALL)
+def test_export_onnx_cache_and_greedy(tmp_path, onnxruntime, name, overrides):
+    """ONNX Runtime against the Postformer itself: logits at a left-padded prefill and at decoding steps fed
+    ONNX Runtime's own cache, and `onnx_greedy` against `generate` (a padded batch; the folder's stop tokens)."""
+    import numpy as np
+
+    from postformer import PostformerForCausalLM
+    from postformer.export import onnx_greedy
+
+    model_dir = save_tiny_model(tmp_path / "model", **overrides)
+    _nonzero_biases(model_dir)
+    out = tmp_path / "out"
+    report = export_model(model_dir, "onnx", out)
+    assert report["max_abs_logit_difference_onnx"] <= 1e-4 and report["decoding_steps"] == 8
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "config.json", "generation_config.json", "README.md",
+                                              "tokenizer.json", "tokenizer_config.json"}
+    ours = PostformerForCausalLM.from_pretrained(model_dir).eval()
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [tensor.name for tensor in session.get_outputs()]
+    assert names[:3] == ["logits", "present.0.key", "present.0.value"]
+
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(4, ours.config.vocab_size, (2, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    ids[0, :4], mask[0, :4] = ours.config.pad_token_id, 0
+    positions = (mask.cumsum(1) - 1).clamp(min=0)  # each row counts from its first real token, as generate does
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
+    feed.update((tensor.name, np.zeros((2, tensor.shape[1], 0, tensor.shape[3]), np.float32))
+                for tensor in session.get_inputs()[3:])
+    logits, *present = session.run(names, feed)
+    with torch.no_grad():
+        expected = ours(ids, attention_mask=mask, position_ids=positions).logits
+    torch.testing.assert_close(torch.from_numpy(logits)[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=0)
+    for _ in range(5):  # decoding steps, each fed the last step's present keys/values
+        token = torch.randint(4, ours.config.vocab_size, (2, 1), generator=generator)
+        ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
+        feed = {"input_ids": token.numpy(), "attention_mask": mask.numpy(),
+                "position_ids": feed["position_ids"][:, -1:] + 1}
+        feed.update((name.replace("present", "past_key_values"), tensor) for name, tensor in zip(names[1:], present))
+        logits, *present = session.run(names, feed)
+        positions = torch.cat([positions, positions[:, -1:] + 1], 1)
+        with torch.no_grad():
+            expected = ours(ids, attention_mask=mask, position_ids=positions).logits[:, -1:]
+        torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=0)
+
+    with torch.no_grad():
+        # 30 tokens with no stop token, then the folder's generation config (stop tokens, suppressed tokens,
+        # repetition penalty) on a left-padded batch
+        prompt = torch.randint(4, ours.config.vocab_size, (1, 6), generator=generator)
+        expected = ours.generate(prompt, do_sample=False, max_new_tokens=30, eos_token_id=None)
+        assert np.array_equal(onnx_greedy(out, prompt.tolist(), max_new_tokens=30, eos_token_id=None),
+                              expected.numpy())
+        expected = ours.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=20)
+        got = onnx_greedy(out, ids.numpy(), attention_mask=mask.numpy(), max_new_tokens=20, session=session)
+        assert np.array_equal(got, expected.numpy())
+
+
+def test_export_cards_and_their_snippets(tmp_path, onnxruntime):
+    """Each card says what it was exported from, the checks it passed and how to run it; the cards' snippets run
+    as printed, in a process without postformer, and the ONNX one decodes what `onnx_greedy` decodes."""
+    import re
+
+    from tokenizers import Tokenizer
+
+    from postformer.export import onnx_greedy
+
+    model_dir = save_tiny_model(tmp_path / "model")
+    export_model(model_dir, "starcoder2", tmp_path / "stock")
+    export_model(model_dir, "onnx", tmp_path / "onnx")
+    stock, onnx = (tmp_path / "stock" / "README.md").read_text(), (tmp_path / "onnx" / "README.md").read_text()
+    for card in (stock, onnx):
+        assert "## Exported from" in card and "## Checks passed at export" in card and str(tmp_path) not in card
+    assert "## Load in transformers" in stock and "## Serve with vLLM" in stock and "vllm serve PATH" in stock
+    assert "## Run with ONNX Runtime" in onnx and "library_name: onnx" in onnx and "ONNX Runtime (CPU)" in onnx
+    assert "postformer export --to starcoder2" in onnx
+
+    def snippet(card, section, folder):
+        return re.search(r"```python\n(.*?)```", card.split(section)[1], re.S).group(1).replace("PATH", str(folder))
+
+    code = snippet(stock, "## Load in transformers", tmp_path / "stock") + \
+        snippet(onnx, "## Run with ONNX Runtime", tmp_path / "onnx") + "print(ids[0].tolist())\n"
+    printed = run_without_postformer(code, tmp_path).strip().splitlines()[-1]
+    prompt = [Tokenizer.from_file(str(tmp_path / "onnx" / "tokenizer.json")).encode("Breaking news:").ids]
+    assert printed == str(onnx_greedy(tmp_path / "onnx", prompt, max_new_tokens=40)[0].tolist())
+
+
+ONNX_REFUSALS = [
+    (dict(rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}), "rope_type='dynamic'"),
+    (dict(rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "factor": 2.0,
+                           "short_factor": [1.0] * 4, "long_factor": [2.0] * 4,
+                           "original_max_position_embeddings": 32}), "rope_type='longrope'"),
+    (dict(use_relative_position=True), "Shaw relative positions"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", ONNX_REFUSALS, ids=["dynamic", "longrope", "shaw"])
+def test_export_onnx_refusals(tmp_path, onnxruntime, overrides, message):
+    model_dir = save_tiny_model(tmp_path / "model", **overrides)
+    with pytest.raises(ValueError, match=message) as error:
+        export_model(model_dir, "onnx", tmp_path / "out")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_export_onnx_cli_and_missing_onnxruntime(tmp_path, capsys, monkeypatch, onnxruntime):
+    model_dir = save_tiny_model(tmp_path / "model", position_embedding_type="sinusoidal")
+    capsys.readouterr()
+    assert cli(["export", "--model", str(model_dir), "--to", "onnx", "--output-dir", str(tmp_path / "a")]) == 0
+    assert "exported to ONNX (GPT2LMHeadModel graph" in capsys.readouterr().out
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # as if it were not installed
+    assert cli(["export", "--model", str(model_dir), "--to", "onnx", "--output-dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs onnxruntime: pip install 'postformer[onnx]'" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"model_type": "starcoder2", "hidden_act": "silu"}, "computes GELU in starcoder2"),
+    ({"model_type": "gpt2", "activation_function": "gelu_new", "n_embd": 32, "n_inner": 64}, "4 x n_embd = 128"),
+], ids=["silu", "gpt2 feed-forward"])
+def test_convert_to_gguf_refuses_what_llama_cpp_computes_otherwise(tmp_path, config, message):
+    """scripts/convert_to_gguf.py checks the folder before it looks for llama.cpp (not installed here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    script = Path(__file__).resolve().parent.parent / "scripts" / "convert_to_gguf.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "no-llama.cpp"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1

@@ -416,8 +416,13 @@ def _export(args):
     from .export import export_model
 
     report = export_model(args.model, args.to, args.output_dir)
-    print(f"exported to {report['architecture']} (largest logit difference {report['max_abs_logit_difference']:.2e}, "
-          f"greedy decoding identical) in {args.output_dir}")
+    if args.to == "onnx":
+        print(f"exported to ONNX ({report['architecture']} graph with a key/value cache; ONNX Runtime's logits within "
+              f"{report['max_abs_logit_difference_onnx']:.2e} of PyTorch's, greedy decoding identical) in "
+              f"{args.output_dir}")
+    else:
+        print(f"exported to {report['architecture']} (largest logit difference "
+              f"{report['max_abs_logit_difference']:.2e}, greedy decoding identical) in {args.output_dir}")
 
 
 # (subcommand handlers are added above this line)
@@ -665,13 +670,15 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(func=_upgrade_adapter)
 
     export = commands.add_parser(
-        "export", help="export a model to a stock transformers architecture (starcoder2 or gpt2)",
+        "export", help="export a model to a stock transformers architecture (starcoder2 or gpt2) or to ONNX",
         description="Write the model as a stock Starcoder2ForCausalLM (rotary positions) or GPT2LMHeadModel (learned, "
-        "sinusoidal or no positions) with its tokenizer, loadable with no custom code; the export is checked against "
-        "the Postformer (logits and greedy decoding) before it is written.",
+        "sinusoidal or no positions) with its tokenizer, loadable with no custom code, or (--to onnx) that model as "
+        "model.onnx with its key/value cache as inputs and outputs, for ONNX Runtime (pip install "
+        "'postformer[onnx]'); the export is checked against the Postformer (logits and greedy decoding) before it "
+        "is written.",
     )
     export.add_argument("--model", required=True, help="folder holding the saved Postformer model")
-    export.add_argument("--to", required=True, choices=["starcoder2", "gpt2"], help="target architecture")
+    export.add_argument("--to", required=True, choices=["starcoder2", "gpt2", "onnx"], help="target architecture")
     export.add_argument("--output-dir", required=True, help="folder to write the exported model to")
     export.set_defaults(func=_export)
 

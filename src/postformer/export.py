@@ -12,16 +12,24 @@ is Starcoder2's own `sliding_window` (same mask, same windowed cache).
 Combinations no stock architecture computes are refused with one ValueError line saying why and which target
 would work. The export checks its own result: the stock model's logits equal Postformer's (fp32, within 1e-5)
 on random ids, and greedy decoding gives the same tokens; the checks are written in the folder's README.md.
+
+`--to onnx` writes that stock model as one ONNX graph with its key/value cache as plain tensors (exported with
+PyTorch's dynamo-based `torch.onnx.export`), so that ONNX Runtime decodes token by token; `onnx_greedy` is the
+decoding loop (numpy and onnxruntime only). Its logits are checked against PyTorch's in ONNX Runtime (within 1e-4)
+at the prefill and at each decoding step, and its greedy tokens against the Postformer's `generate`.
 """
 
 import copy
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import torch
 
-TARGETS = ("starcoder2", "gpt2")
+TARGETS = ("starcoder2", "gpt2", "onnx")
 TOLERANCE = 1e-5
+ONNX_TOLERANCE = 1e-4  # ONNX Runtime's kernels sum in another order than PyTorch's
 
 
 def check_exportable(config, to: str) -> None:
@@ -30,6 +38,13 @@ def check_exportable(config, to: str) -> None:
 
     if to not in TARGETS:
         raise ValueError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+    if to == "onnx":
+        to = onnx_architecture(config)
+        rope = (config.rope_parameters or {}) if config.position_embedding_type == "rope" else {}
+        rope_type = rope.get("rope_type")
+        if rope_type in ("dynamic", "longrope"):
+            raise ValueError(f"cannot export rope_type={rope_type!r} to onnx: its frequencies change with the length "
+                             "of the sequence at run time, which one ONNX graph does not follow; use --to starcoder2")
     if config.use_relative_position:
         raise ValueError("cannot export a model with Shaw relative positions (use_relative_position=True): neither "
                          "starcoder2 nor gpt2 has relative position embeddings")
@@ -56,6 +71,11 @@ def check_exportable(config, to: str) -> None:
                          "--to starcoder2")
 
 
+def onnx_architecture(config) -> str:
+    """The stock architecture the ONNX graph is exported from: starcoder2 for rotary positions, gpt2 for the others."""
+    return "starcoder2" if config.position_embedding_type == "rope" else "gpt2"
+
+
 def starcoder2_config(config):
     from transformers import Starcoder2Config
 
@@ -79,6 +99,7 @@ def gpt2_config(config):
 
     return GPT2Config(
         vocab_size=config.vocab_size, n_positions=config.max_position_embeddings, n_embd=config.hidden_size,
+        n_ctx=config.max_position_embeddings,  # n_positions' old name, which llama.cpp's GPT-2 converter reads
         n_layer=config.num_hidden_layers, n_head=config.num_attention_heads, n_inner=config.intermediate_size,
         activation_function=config.hidden_act, resid_pdrop=config.hidden_dropout, embd_pdrop=config.hidden_dropout,
         attn_pdrop=config.attention_dropout, layer_norm_epsilon=config.layer_norm_eps,
@@ -195,66 +216,308 @@ def verify(model, stock, lengths=None, new_tokens: int = 8, seed: int = 0) -> di
             "greedy_tokens": int(settings["max_new_tokens"])}
 
 
+class CacheAsTensors(torch.nn.Module):
+    """A stock causal LM with its key/value cache as plain tensors, the form an ONNX graph takes: in, input_ids,
+    attention_mask (past and new tokens), position_ids and each layer's past key and value (batch, key-value
+    heads, past length, head size; length 0 at the prefill); out, the logits and each layer's present key and
+    value (the past with the new tokens appended)."""
+
+    def __init__(self, stock):
+        super().__init__()
+        self.stock = stock
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        from transformers import DynamicCache
+
+        # No config: every layer keeps its whole past, as the past inputs and present outputs say.
+        cache = DynamicCache()
+        for layer in range(len(past) // 2):
+            cache.update(past[2 * layer], past[2 * layer + 1], layer)
+        out = self.stock(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        present = [tensor for layer in out.past_key_values.layers for tensor in (layer.keys, layer.values)]
+        return (out.logits, *present)
+
+
+def onnx_io_names(num_layers: int) -> tuple[list, list]:
+    """Input and output names, those of Hugging Face Optimum's decoder exports (past_key_values.0.key, ...,
+    present.0.key, ...)."""
+    past = [f"past_key_values.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+    present = [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
+
+
+def kv_shape(config) -> tuple[int, int]:
+    """The stock model's key/value heads and head size."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return heads, config.hidden_size // config.num_attention_heads
+
+
+def write_onnx(stock, path) -> None:
+    """Export `stock` (fp32, eval) with its cache as tensors (`CacheAsTensors`) to the ONNX file `path`, batch,
+    sequence and past lengths dynamic."""
+    config = stock.config
+    inputs, outputs = onnx_io_names(config.num_hidden_layers)
+    heads, head_dim = kv_shape(config)
+    # Example sizes other than 0 and 1, which torch.export would take for constants.
+    batch, new, past_length = 2, 3, 4
+    past = tuple(torch.zeros(batch, heads, past_length, head_dim) for _ in inputs[3:])
+    example = (torch.zeros(batch, new, dtype=torch.long), torch.ones(batch, past_length + new, dtype=torch.long),
+               torch.arange(past_length, past_length + new).expand(batch, new), past)
+    batch, sequence, past_sequence = "batch_size", "sequence_length", "past_sequence_length"
+    dynamic = ({0: batch, 1: sequence}, {0: batch, 1: "total_sequence_length"}, {0: batch, 1: sequence},
+               tuple({0: batch, 2: past_sequence} for _ in past))
+    # Protobuf holds at most 2 GB: larger weights go to a model.onnx.data file beside the graph.
+    large = sum(p.numel() * p.element_size() for p in stock.parameters()) >= 2**31 - 2**26
+    # The exporter logs the torchvision operators it skips and warns that axes sharing a name share a size: noise.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            torch.onnx.export(CacheAsTensors(stock).eval(), example, str(path), input_names=inputs,
+                              output_names=outputs, dynamic_shapes=dynamic, dynamo=True, external_data=large,
+                              verbose=False)
+    finally:
+        registration.setLevel(level)
+
+
+def onnx_greedy(folder, input_ids, attention_mask=None, max_new_tokens=20, session=None, **overrides):
+    """Greedy decoding with the ONNX export in `folder` in ONNX Runtime, needing only numpy and onnxruntime.
+    `input_ids` (batch, length) integers, left-padded with `attention_mask` (0 on padding) for a batch of several
+    lengths. Applies, like transformers' `generate(do_sample=False)`, the folder's generation_config.json:
+    eos_token_id (a row ends there; ended rows get pad_token_id), suppress_tokens and repetition_penalty;
+    `overrides` replace them (eos_token_id=None: no end before max_new_tokens). Returns the prompt and the new
+    tokens, (batch, length + new) int64. `session`: an onnxruntime.InferenceSession of the folder's model.onnx,
+    to reuse one."""
+    import json
+    import os
+
+    import numpy as np
+    import onnxruntime
+
+    if session is None:
+        session = onnxruntime.InferenceSession(os.path.join(folder, "model.onnx"), providers=["CPUExecutionProvider"])
+    with open(os.path.join(folder, "generation_config.json"), encoding="utf-8") as file:
+        settings = {**json.load(file), **overrides}
+    eos = settings.get("eos_token_id")
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    pad = settings.get("pad_token_id")
+    pad = (eos[0] if eos else 0) if pad is None else pad
+    penalty = settings.get("repetition_penalty") or 1.0
+    suppress = list(settings.get("suppress_tokens") or [])
+
+    ids = np.asarray(input_ids, dtype=np.int64)
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+    positions = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1)  # each row counts from its first real token
+    feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    for tensor in session.get_inputs()[3:]:  # past keys/values (batch, heads, 0, head size): nothing yet
+        feed[tensor.name] = np.zeros((len(ids), tensor.shape[1], 0, tensor.shape[3]), dtype=np.float32)
+    names = [tensor.name for tensor in session.get_outputs()]
+    done = np.zeros(len(ids), dtype=bool)
+    for _ in range(max_new_tokens):
+        logits, *present = session.run(names, feed)
+        scores = logits[:, -1, :].astype(np.float32)
+        if penalty != 1.0:  # every earlier token, prompt included, made less likely (transformers' way)
+            for row, seen in zip(scores, ids):
+                seen = np.unique(seen)
+                row[seen] = np.where(row[seen] < 0, row[seen] * penalty, row[seen] / penalty)
+        scores[:, suppress] = -np.inf
+        token = np.where(done, pad, scores.argmax(axis=1))
+        ids = np.concatenate([ids, token[:, None]], axis=1)
+        mask = np.concatenate([mask, np.ones((len(ids), 1), dtype=np.int64)], axis=1)
+        done |= np.isin(token, eos)
+        if done.all():
+            break
+        feed = {"input_ids": token[:, None], "attention_mask": mask, "position_ids": feed["position_ids"][:, -1:] + 1}
+        feed.update((name.replace("present", "past_key_values"), tensor) for name, tensor in zip(names[1:], present))
+    return ids
+
+
+def verify_onnx(model, stock, folder, new_tokens: int = 8, seed: int = 0) -> dict:
+    """Run the ONNX export in `folder` in ONNX Runtime against `stock` (fp32 PyTorch, itself checked against the
+    Postformer `model`): the logits of a prefill (a batch of two prompts, the first left-padded, and one prompt
+    as long as the context) and of each of `new_tokens` decoding steps fed ONNX Runtime's own present
+    keys/values, against the stock model's for the whole sequence without a cache; then greedy decoding with
+    `onnx_greedy` against the Postformer's `generate`. Return the checks; raise ValueError when one fails."""
+    import numpy as np
+    import onnxruntime
+
+    config = model.config
+    context = config.max_position_embeddings
+    session = onnxruntime.InferenceSession(str(Path(folder) / "model.onnx"), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    worst, names = 0.0, [tensor.name for tensor in session.get_outputs()]
+    heads, head_dim = kv_shape(stock.config)
+    prompt_length = max(2, min(8, context - new_tokens))
+    padding = prompt_length // 2
+
+    def difference(ids, mask, logits):  # ONNX Runtime's logits against PyTorch's, on the real tokens
+        positions = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)
+        with torch.no_grad():
+            expected = stock(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -logits.shape[1]:]
+        real = mask[:, -logits.shape[1]:].bool()
+        return (torch.from_numpy(logits) - expected)[real].abs().max().item()
+
+    def prefill(ids, mask):
+        positions = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)
+        feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
+        feed.update((name, np.zeros((len(ids), heads, 0, head_dim), np.float32))
+                    for name in onnx_io_names(config.num_hidden_layers)[0][3:])
+        return feed, session.run(names, feed)
+
+    ids = torch.randint(0, config.vocab_size, (1, context), generator=generator)
+    worst = difference(ids, torch.ones_like(ids), prefill(ids, torch.ones_like(ids))[1][0])
+    ids = torch.randint(0, config.vocab_size, (2, prompt_length), generator=generator)
+    mask = torch.ones_like(ids)
+    ids[0, :padding], mask[0, :padding] = config.pad_token_id or 0, 0
+    feed, (logits, *present) = prefill(ids, mask)
+    worst = max(worst, difference(ids, mask, logits))
+    steps = min(new_tokens, context - prompt_length)
+    for _ in range(steps):
+        token = torch.from_numpy(logits[:, -1].argmax(-1))[:, None]
+        ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
+        feed = {"input_ids": token.numpy(), "attention_mask": mask.numpy(),
+                "position_ids": feed["position_ids"][:, -1:] + 1}
+        feed.update((name.replace("present", "past_key_values"), tensor) for name, tensor in zip(names[1:], present))
+        logits, *present = session.run(names, feed)
+        worst = max(worst, difference(ids, mask, logits))
+    if worst > ONNX_TOLERANCE:
+        raise ValueError(f"export check failed: ONNX Runtime's logits differ from PyTorch's by {worst:.3g} "
+                         f"(tolerance {ONNX_TOLERANCE})")
+
+    prompt = torch.randint(0, config.vocab_size, (1, prompt_length), generator=generator)
+    with torch.no_grad():
+        expected = model.generate(prompt, do_sample=False, max_new_tokens=steps)
+    greedy = onnx_greedy(folder, prompt.numpy(), max_new_tokens=steps, session=session)
+    if not np.array_equal(greedy, expected.numpy()):
+        raise ValueError("export check failed: greedy decoding in ONNX Runtime differs from the Postformer's generate")
+    return {"max_abs_logit_difference_onnx": worst, "decoding_steps": steps,
+            "greedy_tokens_onnx": greedy.shape[1] - prompt_length}
+
+
 def model_card(source: str, to: str, stock, checks: dict, config) -> str:
-    architecture = type(stock).__name__
+    """The exported folder's README.md: what it was exported from, the checks it passed, and how to run it (the
+    ONNX export: ONNX Runtime with `onnx_greedy`'s source; the others: transformers and vLLM)."""
+    import inspect
+
+    architecture, name = type(stock).__name__, Path(source).name
     positions = config.position_embedding_type + (f" ({config.rope_parameters['rope_type']})"
                                                   if config.position_embedding_type == "rope" else "")
-    return f"""---
-library_name: transformers
-pipeline_tag: text-generation
-tags:
-- postformer
-- {to}
----
+    onnx = to == "onnx"
+    checks_lines = [
+        f"- in PyTorch, the logits of `{architecture}` equal the Postformer's in fp32 on random token ids of lengths "
+        f"{', '.join(map(str, checks['lengths']))} (largest difference {checks['max_abs_logit_difference']:.2e}, "
+        f"tolerance {TOLERANCE:g}), and greedy decoding of {checks['greedy_tokens']} tokens gives the same tokens;"]
+    if onnx:
+        checks_lines += [
+            f"- in ONNX Runtime (CPU), the logits of `model.onnx` equal PyTorch's at a prefill of the whole context, "
+            f"at a left-padded batch prefill and at each of {checks['decoding_steps']} decoding steps fed ONNX "
+            f"Runtime's own key/value cache (largest difference {checks['max_abs_logit_difference_onnx']:.2e}, "
+            f"tolerance {ONNX_TOLERANCE:g});",
+            f"- greedy decoding with `onnx_greedy` (below) gives the Postformer's `generate(do_sample=False)` tokens "
+            f"({checks['greedy_tokens_onnx']} tokens)."]
+    if onnx:
+        heads, head_dim = kv_shape(stock.config)
+        use = f"""## Run with ONNX Runtime
 
-# {Path(source).name} ({architecture})
+`model.onnx` (exported with PyTorch's `torch.onnx.export(dynamo=True)`) decodes with a key/value cache. Inputs:
+`input_ids`, `attention_mask` (past and new tokens, 0 on left padding) and `position_ids` (batch, length, int64),
+and per layer `past_key_values.N.key` / `.value` (float32, batch x {heads} x past length x {head_dim}; past length
+0 at the prefill); outputs: `logits` and `present.N.key` / `.value`, the next step's past (the names of Hugging
+Face Optimum's decoder exports). A greedy loop needing only `pip install onnxruntime numpy tokenizers` (it is
+`postformer.export.onnx_greedy`):
 
-Exported by `postformer export --to {to}` from the Postformer model `{Path(source).name}` ({config.num_hidden_layers}
-layers, hidden size {config.hidden_size}, {config.num_attention_heads} heads / {config.num_key_value_heads} key-value
-heads, {positions} positions, {config.hidden_act}): the same weights in fp32, rearranged
-for the stock transformers architecture `{architecture}` (model_type `{stock.config.model_type}`), so no custom
-code is needed to load it.
+```python
+{inspect.getsource(onnx_greedy).rstrip()}
 
-## Checks passed at export
 
-- logits of `{architecture}` equal the Postformer's in fp32 on random token ids of lengths
-  {", ".join(map(str, checks["lengths"]))} (largest difference {checks["max_abs_logit_difference"]:.2e}, tolerance
-  {TOLERANCE:g});
-- greedy decoding of {checks["greedy_tokens"]} tokens gives the same tokens.
+from tokenizers import Tokenizer
 
-## Use
+tokenizer = Tokenizer.from_file("PATH/tokenizer.json")
+ids = onnx_greedy("PATH", [tokenizer.encode("Breaking news:").ids], max_new_tokens=40)
+print(tokenizer.decode(ids[0].tolist()))
+```
+
+## Load in transformers, serve with vLLM
+
+This folder holds the ONNX graph, not PyTorch weights (config.json is `{architecture}`'s, for tools that read the
+sizes). For transformers and vLLM export the same model with `postformer export --to {onnx_architecture(config)}`.
+"""
+    else:
+        use = f"""## Load in transformers
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("PATH")
 model = AutoModelForCausalLM.from_pretrained("PATH")
+print(tokenizer.decode(model.generate(**tokenizer("Breaking news:", return_tensors="pt"), max_new_tokens=40)[0]))
 ```
 
-vLLM serves it with its native `{architecture}` implementation: `vllm serve PATH` (or `LLM(model="PATH")`).
+## Serve with vLLM
+
+vLLM serves it with its native `{architecture}` implementation (no `--trust-remote-code`): `vllm serve PATH`, or
+in Python `LLM(model="PATH")`.
 """
+    what = f"the ONNX graph of `{architecture}`" if onnx else f"the stock transformers architecture `{architecture}`"
+    newline = "\n"
+    return f"""---
+library_name: {"onnx" if onnx else "transformers"}
+pipeline_tag: text-generation
+tags:
+- postformer
+- {stock.config.model_type}{newline + "- onnx" if onnx else ""}
+---
+
+# {name} ({"ONNX, " if onnx else ""}{architecture})
+
+## Exported from
+
+Exported by `postformer export --to {to}` from the Postformer model `{name}` \
+({config.num_hidden_layers} layers, hidden size {config.hidden_size}, {config.num_attention_heads} heads / \
+{config.num_key_value_heads} key-value heads, {positions} positions, {config.hidden_act}): the same weights in \
+fp32, rearranged for {what} (model_type `{stock.config.model_type}`), so no custom code is needed to run it.
+
+## Checks passed at export
+
+{newline.join(checks_lines)}
+
+{use}"""
 
 
 def export_model(model_dir, to: str, output_dir) -> dict:
-    """Export the Postformer in `model_dir` to the stock architecture `to` ("starcoder2" or "gpt2") in
-    `output_dir`: model.safetensors, config.json (stock model_type, no auto_map), generation_config.json, the
-    tokenizer (AutoTokenizer, no custom code) and README.md. The result is checked against the Postformer before
-    anything is written (`verify`). Return the checks."""
+    """Export the Postformer in `model_dir` to `to` in `output_dir`: "starcoder2" or "gpt2", a stock architecture
+    (model.safetensors, config.json with the stock model_type and no auto_map), or "onnx", that architecture
+    (starcoder2 for rotary positions, gpt2 otherwise) as model.onnx with its key/value cache as tensors; with
+    generation_config.json, the tokenizer (AutoTokenizer, no custom code) and README.md. The result is checked
+    against the Postformer (`verify`, and `verify_onnx` for onnx) before the folder is complete. Return the checks."""
     from .model_files import check_model_folder, load_config, load_model
     from .saving import check_output_folder, saving
 
     if to not in TARGETS:
         raise ValueError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+    if to == "onnx":
+        from ._dependencies import require
+
+        for module, package in (("onnxruntime", "onnxruntime"), ("onnxscript", "onnxscript"), ("onnx", "onnx")):
+            require(module, "--to onnx", package, extra="onnx")
     check_output_folder(output_dir)
     path, raw = check_model_folder(model_dir)
     if raw.get("model_type") != "postformer":
         raise ValueError(f"{str(model_dir)!r} holds a {raw.get('model_type')!r} model; export reads Postformer models")
     check_exportable(load_config(path, raw), to)  # refused before the weights are read
     model, tokenizer = load_model(model_dir, dtype=torch.float32)
-    stock = convert(model, to)
+    stock = convert(model, onnx_architecture(model.config) if to == "onnx" else to)
     checks = verify(model, stock)
     with saving(output_dir, "the exported model") as staging:
-        stock.save_pretrained(staging)
+        if to == "onnx":
+            stock.config.save_pretrained(staging)
+            stock.generation_config.save_pretrained(staging)
+        else:
+            stock.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         tokenizer_config = Path(staging) / "tokenizer_config.json"
         values = json.loads(tokenizer_config.read_text(encoding="utf-8"))
@@ -262,9 +525,13 @@ def export_model(model_dir, to: str, output_dir) -> dict:
             values.pop(key, None)
         values["tokenizer_class"] = "PreTrainedTokenizerFast"
         tokenizer_config.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if to == "onnx":
+            write_onnx(stock, Path(staging) / "model.onnx")
+            checks.update(verify_onnx(model, stock, staging))  # ONNX Runtime reads the folder as users will
         card = model_card(str(model_dir), to, stock, checks, model.config)
         (Path(staging) / "README.md").write_text(card, encoding="utf-8")
     return {"to": to, "architecture": type(stock).__name__, **checks}
 
 
-__all__ = ["TARGETS", "check_exportable", "convert", "verify", "export_model"]
+__all__ = ["TARGETS", "check_exportable", "convert", "verify", "export_model", "write_onnx", "verify_onnx",
+           "onnx_greedy"]
