@@ -272,17 +272,17 @@ def test_bad_value_in_a_saved_config_names_the_file(model_dir, tmp_path, capsys)
 def test_config_from_a_newer_version_loads_and_names_its_unknown_fields(model_dir, tmp_path, capsys):
     def newer(folder):
         config = json.loads((folder / "config.json").read_text())
-        config.update(sliding_window=32, moe_experts=4, transformers_version="9.0.0")
+        config.update(moe_top_k=2, moe_experts=4, transformers_version="9.0.0")
         (folder / "config.json").write_text(json.dumps(config))
 
     folder = broken_copy(model_dir, tmp_path, newer)
-    with pytest.warns(UnknownConfigFieldsWarning, match="does not know: moe_experts, sliding_window") as caught:
+    with pytest.warns(UnknownConfigFieldsWarning, match="does not know: moe_experts, moe_top_k") as caught:
         model, _ = load_model(folder)
     assert "transformers 9.0.0" in str(caught[0].message)
-    assert model.config.sliding_window == 32  # kept, as transformers keeps unknown keys
+    assert model.config.moe_top_k == 2  # kept, as transformers keeps unknown keys
     assert cli(["generate", "--model", str(folder), "hi", "--max-new-tokens", "2", "--seed", "0", "--no-stream"]) == 0
     err = capsys.readouterr().err
-    assert "postformer generate: warning: " in err and "moe_experts, sliding_window" in err and "error:" not in err
+    assert "postformer generate: warning: " in err and "moe_experts, moe_top_k" in err and "error:" not in err
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnknownConfigFieldsWarning)
         load_model(model_dir)  # a folder of this version: no warning
