@@ -75,6 +75,8 @@ for task in TASKS:
                                  "the task's train texts first"),
         f"{task}-30min-lr-1e-3": (task, "posts-30min", dict(learning_rate=1e-3), SEEDS,
                                   "the 30-minute model at learning rate 1e-3"),
+        f"{task}-step-1-lr-1e-3": (task, "step-1", dict(learning_rate=1e-3), SEEDS,
+                                   "a language model trained 1 step at learning rate 1e-3"),
     })
 
 
