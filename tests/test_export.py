@@ -94,6 +94,7 @@ def test_export_equal_logits_and_greedy(tmp_path, to, name, overrides):
         assert torch.equal(stock.generate(batch, **settings), ours.generate(batch, **settings))
 
 
+@pytest.mark.slow  # a fresh Python process without postformer
 def test_export_tokenizer_round_trip_and_load_without_postformer(tmp_path):
     from transformers import AutoTokenizer
 
@@ -274,6 +275,7 @@ def test_export_onnx_cache_and_greedy(tmp_path, onnxruntime, name, overrides):
         assert np.array_equal(got, expected.numpy())
 
 
+@pytest.mark.slow  # the snippets run in fresh Python processes without postformer
 def test_export_cards_and_their_snippets(tmp_path, onnxruntime):
     """Each card says what it was exported from, the checks it passed and how to run it; the cards' snippets run
     as printed, in a process without postformer, and the ONNX one decodes what `onnx_greedy` decodes."""

@@ -26,9 +26,12 @@ OPTIONS = [
 ]
 
 
-def on_kernels(options, kernels):
-    """(overrides, kernel) pairs; Shaw relative positions run on the eager kernel only (others are refused)."""
-    return [pytest.param(option.values[0], kernel, id=f"{option.id}-{kernel}") for option in options
+def on_kernels(options, kernels, quick_flex=("rope",)):
+    """(overrides, kernel) pairs; Shaw relative positions run on the eager kernel only (others are refused). Flex
+    attention runs uncompiled here (seconds a case): the options not in `quick_flex` run it in the slow tier."""
+    return [pytest.param(option.values[0], kernel, id=f"{option.id}-{kernel}",
+                         marks=[pytest.mark.slow] if kernel == "flex_attention" and option.id not in quick_flex else [])
+            for option in options
             for kernel in kernels if kernel == "eager" or not option.values[0].get("use_relative_position")]
 
 
@@ -121,7 +124,8 @@ def test_window_equals_full_attention_with_the_explicit_mask_on_every_kernel(ove
     assert (got[0, WINDOW:] - unwindowed[0, WINDOW:]).abs().amax() > 1e-3
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", [pytest.param(k, marks=pytest.mark.slow) if k == "flex_attention" else k
+                                    for k in KERNELS])
 def test_mixed_layer_types_use_each_layers_own_mask(kernel):
     torch.manual_seed(0)
     model = PostformerForCausalLM._from_config(
@@ -206,7 +210,8 @@ def test_left_padded_batch_generates_as_each_prompt_alone_past_the_window():
 
 
 @pytest.mark.parametrize(
-    "overrides,kernel", on_kernels([p for p in OPTIONS if p.id in ("rope", "learned", "rope+shaw", "mixed")], KERNELS)
+    "overrides,kernel", on_kernels([p for p in OPTIONS if p.id in ("rope", "learned", "rope+shaw", "mixed")], KERNELS,
+                                 quick_flex=())
 )
 def test_packed_row_respects_each_sequence_and_the_window(overrides, kernel):
     lengths = [9, 14, 7]
