@@ -350,22 +350,24 @@ def verify_onnx(model, stock, folder, new_tokens: int = 8, seed: int = 0) -> dic
     session = onnxruntime.InferenceSession(str(Path(folder) / "model.onnx"), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(seed)
     worst, names = 0.0, [tensor.name for tensor in session.get_outputs()]
-    heads, head_dim = kv_shape(stock.config)
     prompt_length = max(2, min(8, context - new_tokens))
     padding = prompt_length // 2
 
+    def positions_of(mask):  # each row counts from its first real token, as generate's position_ids do
+        return (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)
+
     def difference(ids, mask, logits):  # ONNX Runtime's logits against PyTorch's, on the real tokens
-        positions = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)
+        positions = positions_of(mask)
         with torch.no_grad():
             expected = stock(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -logits.shape[1]:]
         real = mask[:, -logits.shape[1]:].bool()
         return (torch.from_numpy(logits) - expected)[real].abs().max().item()
 
     def prefill(ids, mask):
-        positions = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)
-        feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
-        feed.update((name, np.zeros((len(ids), heads, 0, head_dim), np.float32))
-                    for name in onnx_io_names(config.num_hidden_layers)[0][3:])
+        feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": positions_of(mask).numpy()}
+        # past keys/values (batch, heads, 0, head size), their sizes as the graph declares them (as onnx_greedy)
+        feed.update((tensor.name, np.zeros((len(ids), tensor.shape[1], 0, tensor.shape[3]), np.float32))
+                    for tensor in session.get_inputs()[3:])
         return feed, session.run(names, feed)
 
     ids = torch.randint(0, config.vocab_size, (1, context), generator=generator)
