@@ -217,7 +217,7 @@ def _run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> 
 
     from ..data import load_posts
     from ..hub_cards import write_model_card
-    from ..model_files import check_model, load_model
+    from ..model_files import check_model, check_model_folder, load_model
     from ..saving import saving
     from .data import pack_posts, tokens_per_character
     from .run import plot_loss_curve
@@ -234,8 +234,7 @@ def _run_finetune(job: FinetuneArguments, args: PostformerTrainingArguments) -> 
     if job.quantize is not None:
         from ..compression import quantization_config
 
-        if isinstance(model_dir, Path) and "quantization_config" in json.loads(
-                (model_dir / "config.json").read_text(encoding="utf-8")):
+        if isinstance(model_dir, Path) and "quantization_config" in check_model_folder(model_dir)[1]:
             raise ValueError(f"the model in {str(model_dir)!r} is already quantised: leave out --quantize")
         quantization["quantization_config"] = quantization_config(job.quantize)  # a missing library fails now
 
