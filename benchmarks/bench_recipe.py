@@ -11,9 +11,8 @@ A budget becomes a step count before the run, so the learning-rate schedule comp
 calibration run of the configuration measures seconds per step (the mean over 40 steps after 5 of warm-up), and
 the run gets `max_steps = budget / seconds per step`. Calibrations of separate rows vary by 10-15% on a shared
 machine, so the 2-minute ablations are all sized from the baseline row's steps instead: a row that changes
-nothing a step costs (learning rate, schedule, initialisation) trains for the same steps as the row it changes (the
-baseline, or the new defaults for the rows that change those); the others for the baseline's steps times the
-ratio of the two step times, measured back to back. Runs are never cut short (a
+nothing a step costs (learning rate, schedule, initialisation) trains for the same steps; the others for the
+baseline's steps times the ratio of the two step times, measured back to back. Runs are never cut short (a
 schedule cut before its end measures nothing); each records its training seconds.
 
 Rows: today's recipe first, then ablations at the 2-minute budget (each the baseline with one change; median of
@@ -100,8 +99,6 @@ ROWS = {
     "combined": (2, "bundled", SEEDS, before(optimizer="muon", hidden_dropout=0.0, attention_dropout=0.0,
                                              hidden_act="relu2"), "Muon + no dropout + ReLU-squared together"),
     "recipe": (2, "bundled", SEEDS, recipe(), "Muon + warm-up/stable/decay + no dropout together: the new defaults"),
-    "recipe-lr-4e-3": (2, "bundled", SEEDS, recipe(learning_rate=4e-3),
-                       "the new defaults with AdamW (embeddings, norms) at 4e-3, as lr-4e-3 found"),
     "medium-2min": (2, "bundled", SEEDS, recipe(preset="medium"), "the medium preset at the same budget (new recipe)"),
     "posts-30min": (None, "full", (0,), EXAMPLE_30MIN,
                     "examples/posts-30min.yaml: the final recipe, 30 minutes on the full corpus"),
@@ -152,24 +149,20 @@ COST_NEUTRAL = {"learning_rate", "lr_scheduler_type", "decay_fraction", "warmup_
                 "zero_init_output_projections"}
 
 
-def planned_steps(name: str, workdir: Path, finished: dict, scale: float) -> tuple[int, float | None]:
-    """(steps, seconds per step) for row `name`. A 2-minute row that differs from a finished 2-minute row (the
-    baseline first) only in what a step does not cost trains for that row's steps; another 2-minute ablation gets
-    the baseline's steps times the ratio of the two configurations' step times, measured back to back (baseline,
-    row, baseline, row: a slow spell of the machine shifts both); other rows are sized from their own step time."""
+def planned_steps(name: str, workdir: Path, baseline_steps: int | None, scale: float) -> tuple[int, float | None]:
+    """(steps, seconds per step) for row `name`. A 2-minute ablation gets the baseline's steps times the ratio of
+    the two configurations' step times, measured back to back (baseline, row, baseline, row: a slow spell of the
+    machine shifts both), or the baseline's steps unchanged when it changes nothing a step costs; other rows are
+    sized from their own step time."""
     budget, data, _, row_options, _ = ROWS[name]
     if budget is None:  # a fixed step count: the row's, else the default job's
         steps = row_options.get("max_steps") or command_arguments("train")[1].max_steps
         return max(10, int(steps * scale)), None
     budget *= scale
-    baseline_steps = finished.get("baseline", {}).get("planned_steps")
     if name != "baseline" and baseline_steps is not None and budget == ROWS["baseline"][0] * scale:
-        for other in ["baseline", *finished]:
-            if other in ROWS and other != name and other in finished and ROWS[other][0] == ROWS[name][0]:
-                options = ROWS[other][3]
-                changed = {k for k in {*row_options, *options} if row_options.get(k, object()) != options.get(k)}
-                if changed <= COST_NEUTRAL:
-                    return finished[other]["planned_steps"], None
+        changed = {k for k, v in row_options.items() if ROWS["baseline"][3].get(k, object()) != v}
+        if changed <= COST_NEUTRAL:
+            return baseline_steps, None
         times = [seconds_per_step(data, options, workdir) for options in (ROWS["baseline"][3], row_options) * 2]
         ratio = statistics.mean(times[0::2]) / statistics.mean(times[1::2])
         return max(10, round(baseline_steps * ratio)), statistics.mean(times[1::2])
@@ -177,9 +170,9 @@ def planned_steps(name: str, workdir: Path, finished: dict, scale: float) -> tup
     return max(10, int(budget * 60 / per_step)), per_step
 
 
-def run_row(name: str, workdir: Path, finished: dict, scale: float = 1.0, keep: Path | None = None) -> dict:
+def run_row(name: str, workdir: Path, baseline_steps: int | None, scale: float = 1.0, keep: Path | None = None) -> dict:
     budget, data, seeds, row_options, what = ROWS[name]
-    steps, per_step = planned_steps(name, workdir, finished, scale)
+    steps, per_step = planned_steps(name, workdir, baseline_steps, scale)
     if scale != 1.0:  # --quick: a smoke run of every code path
         budget, seeds = (budget and budget * scale), seeds[:1]
     row_options = {k: v for k, v in row_options.items() if k != "max_steps"}
@@ -286,7 +279,8 @@ def main():
             continue
         print(f"{name}: {ROWS[name][4]} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-recipe-") as tmp, progress_bars(False):
-            results["rows"][name] = run_row(name, Path(tmp), results["rows"], 0.05 if cli.quick else 1.0,
+            baseline_steps = results["rows"].get("baseline", {}).get("planned_steps")
+            results["rows"][name] = run_row(name, Path(tmp), baseline_steps, 0.05 if cli.quick else 1.0,
                                             cli.keep_models)
             results["rows"][name]["machine"] = results["machine"]  # threads and date of this row's run
         cli.output_dir.mkdir(parents=True, exist_ok=True)
