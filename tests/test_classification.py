@@ -139,11 +139,11 @@ def test_balanced_class_weights_and_the_weighted_loss():
 
 
 def test_pooling_and_class_weighting_reach_the_trained_classifier(model_dir, topic_posts, tmp_path):
-    metrics = train_classifier(model_dir, topic_posts, tmp_path / "out", validation_fraction=0.25, pooling="mean",
+    metrics = train_classifier(model_dir, topic_posts, tmp_path / "out", validation_fraction=0.25, pooling="last",
                                class_weighting=False, layer_lr_decay=0.5, **{**FAST, "epochs": 1})
-    assert metrics["hyperparameters"]["pooling"] == "mean" and not metrics["hyperparameters"]["class_weighting"]
+    assert metrics["hyperparameters"]["pooling"] == "last" and not metrics["hyperparameters"]["class_weighting"]
     model, _ = load_model(tmp_path / "out", "text-classification")
-    assert model.config.classifier_pooling == "mean"
+    assert model.config.classifier_pooling == "last"
 
 
 def test_a_separable_labelling_is_learned_to_high_held_out_accuracy(trained):
@@ -161,9 +161,9 @@ def test_a_separable_labelling_is_learned_to_high_held_out_accuracy(trained):
     # Trained by PostformerTrainer, as `postformer train` is: its arguments as JSON, never Trainer's pickle
     assert (output / "training_args.json").is_file() and not (output / "training_args.bin").exists()
     assert json.loads((output / "training_config.json").read_text())["label_field"] == "label"
-    # The defaults: last-token pooling, class-balanced loss, batches by length (evaluation still in the posts'
-    # order: the next test checks the held-out predictions against the posts they are written beside)
-    assert metrics["hyperparameters"]["pooling"] == "last" and metrics["hyperparameters"]["class_weighting"]
+    # The defaults: mean pooling, class-balanced loss, batches by length (evaluation still in the posts' order:
+    # the next test checks the held-out predictions against the posts they are written beside)
+    assert metrics["hyperparameters"]["pooling"] == "mean" and metrics["hyperparameters"]["class_weighting"]
     assert json.loads((output / "training_args.json").read_text())["train_sampling_strategy"] == "group_by_length"
     card = ModelCard.load(output / "README.md")
     assert card.data.pipeline_tag == "text-classification"

@@ -22,7 +22,7 @@ from .modeling import (  # noqa: E402
     PostformerPreTrainedModel,
 )
 
-__version__ = "0.4.1"
+__version__ = "0.4.0"
 
 __all__ = [
     "PRESETS",

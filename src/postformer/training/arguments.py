@@ -215,8 +215,8 @@ class ClassifierArguments:
         "share of train held out (stratified by label) when the data has no validation split"))
     max_length: int | None = field(default=None, metadata=_help(
         "tokens kept of a post, longer ones cut at the end (default: the model's context)"))
-    pooling: Literal["last", "mean"] = field(default="last", metadata=_help(
-        "what the head reads: the post's last token (which has read the whole post), or the mean over its tokens"))
+    pooling: Literal["last", "mean"] = field(default="mean", metadata=_help(
+        "what the head reads: the mean over the post's tokens, or its last token"))
     class_weighting: bool = field(default=True, metadata=_help(
         "weight each label's loss by n_posts / (n_labels x its count in train), so rare labels count as much"))
 
@@ -242,7 +242,7 @@ COMMAND_DEFAULTS = {
     # run_clm's defaults, except the learning rate: None is 2e-4 with LoRA, 5e-5 for a full fine-tune
     "finetune": dict(num_train_epochs=1.0, learning_rate=None, weight_decay=0.0, eval_strategy="no",
                      save_strategy="no"),
-    # benchmarks/bench_classify.py's recipe (results/classify.md; with the job's last-token pooling and class weighting):
+    # benchmarks/bench_classify.py's recipe (results/classify.md; with the job's mean pooling and class weighting):
     # batches of posts of similar length (posts run from a few tokens to the whole context: random batches are
     # mostly padding, 4x the time for the same scores), evaluated each epoch, warm-up over the first 10% of steps.
     "classify-train": dict(num_train_epochs=3.0, learning_rate=3e-4, per_device_train_batch_size=16,
