@@ -63,6 +63,8 @@ for task in TASKS:
         f"{task}-random-batches": (task, "main-job", dict(train_sampling_strategy="random"), SEEDS,
                                    "random batches instead of batches by length"),
         f"{task}-last": (task, "main-job", dict(pooling="last"), SEEDS, "the last token instead of the mean"),
+        f"{task}-step-1-last": (task, "step-1", dict(pooling="last"), SEEDS,
+                                "the last token, from a language model trained 1 step"),
         f"{task}-unweighted": (task, "main-job", dict(class_weighting=False), SEEDS, "unweighted loss"),
         f"{task}-lr-1e-4": (task, "main-job", dict(learning_rate=1e-4), SEEDS, "learning rate 1e-4"),
         f"{task}-lr-1e-3": (task, "main-job", dict(learning_rate=1e-3), SEEDS, "learning rate 1e-3"),
@@ -75,6 +77,8 @@ for task in TASKS:
                                  "the task's train texts first"),
         f"{task}-30min-lr-1e-3": (task, "posts-30min", dict(learning_rate=1e-3), SEEDS,
                                   "the 30-minute model at learning rate 1e-3"),
+        f"{task}-30min-last": (task, "posts-30min", dict(pooling="last"), SEEDS,
+                               "the 30-minute model, its last token instead of the mean"),
         f"{task}-step-1-lr-1e-3": (task, "step-1", dict(learning_rate=1e-3), SEEDS,
                                    "a language model trained 1 step at learning rate 1e-3"),
     })
