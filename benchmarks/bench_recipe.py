@@ -22,7 +22,10 @@ recipe.json (and recipe.md) as soon as it finishes; a rerun skips rows already t
 
     python benchmarks/bench_recipe.py --list
     python benchmarks/bench_recipe.py --only baseline muon      # ~15 minutes
-    python benchmarks/bench_recipe.py                           # every row: about 3 hours on 2 cores
+    python benchmarks/bench_recipe.py                           # every row: about 6 hours on 2 cores
+
+(The 19 two-minute rows, 3 seeds each, take about 2.7 hours of a quiet 2-core machine with their calibrations
+and evaluations; the 10- and 30-minute preset rows and the 30-minute config about 3 more.)
 
 Rows that train on the full corpus are skipped when `../shared/data/posts` is absent. The bundled sample's 4,000
 training posts come from the same corpus, so the full-corpus rows are judged on the full corpus's own
@@ -99,6 +102,11 @@ ROWS = {
     "combined": (2, "bundled", SEEDS, before(optimizer="muon", hidden_dropout=0.0, attention_dropout=0.0,
                                              hidden_act="relu2"), "Muon + no dropout + ReLU-squared together"),
     "recipe": (2, "bundled", SEEDS, recipe(), "Muon + warm-up/stable/decay + no dropout together: the new defaults"),
+    # The new defaults' 712 steps, not a step count of its own: an untied head costs a step what a tied one does
+    # (the untied row's back-to-back timing gave it 662 steps to the baseline's 648, noise), and a calibration of
+    # its own under other load than the recipe row's would give it more or fewer steps than the row it is compared to.
+    "recipe-untied": (None, "bundled", SEEDS, recipe(tie_word_embeddings=False, max_steps=712),
+                      "the new defaults with an LM head of its own, as untied found, for the new defaults' 712 steps"),
     "medium-2min": (2, "bundled", SEEDS, recipe(preset="medium"), "the medium preset at the same budget (new recipe)"),
     "posts-30min": (None, "full", (0,), EXAMPLE_30MIN,
                     "examples/posts-30min.yaml: the final recipe, 30 minutes on the full corpus"),
