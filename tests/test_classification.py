@@ -108,17 +108,22 @@ def test_the_classifier_starts_from_the_language_model_body(model_dir):
     assert tokenizer.padding_side == "right" and tokenizer.model_max_length == 64
 
 
-def test_mean_pooling_scores_the_mean_of_the_real_tokens_states(model_dir):
-    model, tokenizer = init_classifier(model_dir, ["a", "b", "c"], pooling="mean")
-    assert model.config.classifier_pooling == "mean"
+@pytest.mark.parametrize("pooling", ["mean", "weighted_mean"])
+def test_mean_pooling_scores_the_mean_of_the_real_tokens_states(model_dir, pooling):
+    model, tokenizer = init_classifier(model_dir, ["a", "b", "c"], pooling=pooling)
+    assert model.config.classifier_pooling == pooling
     model.eval()
     batch = tokenizer(["a short post", "a somewhat longer post than that one"], padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits
         for row, mask in enumerate(batch["attention_mask"]):
-            states = model.model(input_ids=batch["input_ids"][row:row + 1, mask.bool()]).last_hidden_state
-            torch.testing.assert_close(logits[row], model.score(states.mean(1))[0], rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="pooling must be 'last' or 'mean'"):
+            states = model.model(input_ids=batch["input_ids"][row:row + 1, mask.bool()]).last_hidden_state[0]
+            # "weighted_mean": the i-th of n real tokens weighs i / (1 + ... + n)
+            n = states.shape[0]
+            weights = torch.ones(n) / n if pooling == "mean" else torch.arange(1, n + 1) / (n * (n + 1) / 2)
+            pooled = (weights[:, None] * states).sum(0)
+            torch.testing.assert_close(logits[row], model.score(pooled), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pooling must be one of last, mean, weighted_mean, got 'max'"):
         init_classifier(model_dir, ["a", "b"], pooling="max")
 
 

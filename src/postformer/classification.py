@@ -265,7 +265,7 @@ def init_classifier(model_dir, labels: list[str], pooling: str = "mean"):
     over tokens (`pooling`, the config's `classifier_pooling`), and the model's tokenizer set up for
     classification. The model is loaded by `postformer.model_files.load_model`, which names a damaged folder."""
     if pooling not in CLASSIFIER_POOLINGS:  # said before a model is loaded
-        raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
+        raise ValueError(f"pooling must be one of {', '.join(CLASSIFIER_POOLINGS)}, got {pooling!r}")
     model, tokenizer = load_model(
         model_dir,
         "text-classification",

@@ -33,8 +33,10 @@ def model_description(config: dict, task: str) -> str:
     architecture = (config.get("architectures") or ["PostformerForCausalLM"])[0]
     head = {"text-generation": "a language-model head tied to the token embeddings"
             if config.get("tie_word_embeddings", True) else "a language-model head",
-            "text-classification": "a linear head on the mean of the post's token states"
-            if config.get("classifier_pooling") == "mean" else "a linear head on the last non-padding token",
+            "text-classification": {
+                "mean": "a linear head on the mean of the post's token states",
+                "weighted_mean": "a linear head on the position-weighted mean of the post's token states",
+            }.get(config.get("classifier_pooling"), "a linear head on the last non-padding token"),
             }.get(task, "no head")
     return (f"`{architecture}`: a decoder-only transformer (pre-norm blocks of causal self-attention and a "
             f"feed-forward layer) with {head}. The numbers below are read from `config.json` and the saved weights.")

@@ -668,8 +668,8 @@ class PostformerForCausalLM(PostformerPreTrainedModel, GenerationMixin):
 
 
 class PostformerForSequenceClassification(PostformerPreTrainedModel):
-    """Postformer with a linear head on the last non-padding token (or, with `config.classifier_pooling="mean"`,
-    on the mean over the real tokens), for posts analysis.
+    """Postformer with a linear head on the last non-padding token (or, with `config.classifier_pooling` "mean"
+    or "weighted_mean", on the mean or the position-weighted mean over the real tokens), for posts analysis.
 
     `config.problem_type` picks the loss as transformers' heads do: regression (MSE), single-label (cross-entropy)
     or multi-label (BCE with logits); it is inferred from `num_labels` and the labels' dtype when unset.
@@ -721,9 +721,11 @@ class PostformerForSequenceClassification(PostformerPreTrainedModel):
             real = (input_ids != self.config.pad_token_id).to(logits.device, torch.long)
         else:
             real = torch.ones(logits.shape[:2], dtype=torch.long, device=logits.device)
-        if self.config.classifier_pooling == "mean":
+        if self.config.classifier_pooling in ("mean", "weighted_mean"):
             # The score head has no bias, so the mean of the tokens' logits is the logits of their mean state.
-            weights = real.unsqueeze(-1).to(logits.dtype)
+            # "weighted_mean": the i-th real token counts i times (causal attention: it has read i tokens of the post).
+            weights = real if self.config.classifier_pooling == "mean" else real.cumsum(-1) * real
+            weights = weights.unsqueeze(-1).to(logits.dtype)
             pooled_logits = (logits * weights).sum(1) / weights.sum(1).clamp(min=1)
         else:
             last_token = (torch.arange(real.shape[-1], device=logits.device) * real).argmax(-1)
