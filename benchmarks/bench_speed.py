@@ -47,7 +47,9 @@ numbers are medians of the timed repetitions that follow untimed warm-up repetit
                time = first call - median call), warm-up calls follow, and only later calls enter the medians.
                Dynamo recompilations during the timed calls are counted (they should be 0). Compile times are
                those of a first compilation: the run gives Inductor a fresh, empty cache folder
-               (--warm-compile-cache: its usual on-disk cache, which makes them shorter).
+               (--warm-compile-cache: its usual on-disk cache, which makes them shorter). Beside them, the
+               floor of a decoding step: the lean decoder's matrix products alone (decode_floor), which bounds
+               the speed-up any fp32 decoding loop can reach against Llama on this machine.
 
 Peak training memory, the same method for both models: the tensor memory that PyTorch's CPU allocator hands
 out, as torch.profiler records it (profile_memory=True: every allocation and free, with its size). `torch.cpu`
@@ -119,7 +121,7 @@ from transformers import GenerationMixin, LlamaConfig, LlamaForCausalLM
 
 from postformer.generation import compiled_generation_options
 from postformer.modeling import PostformerConfig, PostformerForCausalLM
-from postformer.modeling.generation_postformer import DECODING_PATHS
+from postformer.modeling.generation_postformer import DECODING_PATHS, LeanDecoder
 from postformer.training import flops_per_token, measure_matmul_peak
 
 PRESETS = ("small", "medium", "large")
@@ -512,6 +514,47 @@ def compare_tokens(output: torch.Tensor, reference: torch.Tensor) -> dict:
             "first_difference_at_new_token": None if differs.numel() == 0 else int(differs[0])}
 
 
+def decode_floor(model, ids: torch.Tensor, args) -> dict:
+    """Two floors of a decoding step, each timed for NEW_TOKENS steps (median of --gen-repeats after --warmup):
+    - products: the lean decoder's matrix products alone (its fused query-key-value, output, feed-forward and head
+      products, prepacked as it packs them for this batch) back to back on fixed inputs: no loop built on these
+      kernels runs a step faster;
+    - read: one pass over the same weights (a sum of each matrix), what any fp32 step must at least read.
+    Llama's ms per step over a floor is the highest generation speed-up reachable against it."""
+    config, batch = model.config, ids.shape[0]
+    with torch.inference_mode():
+        prefill = model(input_ids=ids, use_cache=True)
+        decoder = LeanDecoder(model, batch, PROMPT_LEN + NEW_TOKENS, prefill.cache, None,
+                              torch.full((batch,), PROMPT_LEN - 1))
+    # LeanDecoder.layers' entries: (norm, qkv product, qk-norm, output product, norm, up product, act, down product)
+    widths = (config.hidden_size, config.num_attention_heads * config.head_dim, config.hidden_size,
+              config.intermediate_size)
+    products = [(layer[index], width) for layer in decoder.layers for index, width in zip((1, 3, 5, 7), widths)]
+    products.append((decoder.head, config.hidden_size))
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(batch, width, generator=generator) for _, width in products]
+
+    weights = [p for layer in model.model.layers for module in (layer.self_attn, layer.mlp)
+               for name, p in module.named_parameters() if name.endswith("proj.weight")] + [model.lm_head.weight]
+    weight_bytes = sum(w.numel() * w.element_size() for w in weights)
+    steps = {"products": lambda: [product(x) for (product, _), x in zip(products, inputs)],
+             "read": lambda: [w.sum() for w in weights]}
+    result = {"weight_mb": weight_bytes / MB}
+    for name, step in steps.items():
+        def run():
+            start = time.perf_counter()
+            with torch.inference_mode():
+                for _ in range(NEW_TOKENS):
+                    step()
+            return (time.perf_counter() - start) / NEW_TOKENS
+
+        for _ in range(args.warmup):
+            run()
+        seconds = median([run() for _ in range(args.gen_repeats)])
+        result[name] = {"ms_per_step": 1e3 * seconds, "gb_per_s": weight_bytes / seconds / 1e9}
+    return result
+
+
 def bench_generation(models: dict, vocab: int, args) -> dict:
     generator = torch.Generator().manual_seed(1)
     for model in models.values():
@@ -575,6 +618,10 @@ def bench_generation(models: dict, vocab: int, args) -> dict:
         entry.update(samples_s=samples, median_s=seconds, tokens_per_second=tps)
         entry["compile_s"] = {name: entry["first_call_s"][name] - seconds[name]
                               for name in seconds if name.endswith("_compiled")}
+        entry["decode_floor"] = floor = decode_floor(models["postformer"], ids, args)
+        llama_ms = 1e3 * seconds["llama"] / NEW_TOKENS if "llama" in seconds else None
+        for name in ("products", "read"):
+            floor[name]["ceiling_over_llama"] = ratio(llama_ms, floor[name]["ms_per_step"])
         entry["ratios"] = {
             "postformer_over_llama": ratio(tps.get("postformer"), tps.get("llama")),
             "postformer_over_llama_compiled": ratio(tps.get("postformer"), tps.get("llama_compiled")),
@@ -800,6 +847,30 @@ def generation_table(results) -> list[str]:
     return lines
 
 
+def floor_table(results) -> list[str]:
+    lines = ["| preset | batch | weights per step MB | read alone ms/step (GB/s) | matrix products alone ms/step "
+             "(GB/s) | Postformer ms/step | Llama ms/step | target | ceiling over Llama: read / products "
+             "| Postformer / Llama |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        for batch, e in (r.get("generation") or {}).items():
+            floor = e.get("decode_floor")
+            if floor is None:
+                continue
+            steps = {name: fmt(1e3 * e["median_s"].get(name) / NEW_TOKENS if name in e["median_s"] else None)
+                     for name in ("postformer", "llama")}
+            minimum = GENERATION_MIN_RATIO.get(int(batch.lstrip("b")))
+            read, products = floor["read"], floor["products"]
+            lines.append(
+                f"| {r['preset']} | {batch.lstrip('b')} | {floor['weight_mb']:.1f} "
+                f"| {read['ms_per_step']:.3f} ({read['gb_per_s']:.1f}) "
+                f"| {products['ms_per_step']:.3f} ({products['gb_per_s']:.1f}) "
+                f"| {steps['postformer']} | {steps['llama']} | {fmt(minimum, '.1f', 'x')} "
+                f"| {fmt(read['ceiling_over_llama'], '.2f', 'x')} / {fmt(products['ceiling_over_llama'], '.2f', 'x')} "
+                f"| {fmt(e['ratios']['postformer_over_llama'], '.2f', 'x')} |")
+    return lines
+
+
 def same_shape_table(results) -> list[str]:
     lines = ["| preset | Llama same shape params (Postformer's) | forward b1x128 ms Postformer / Llama | speed-up "
              "| forward b8x128 speed-up | generation b1 tokens/s Postformer / Llama | ratio | generation b8 ratio |",
@@ -912,7 +983,17 @@ def markdown(report) -> str:
                 "call per batch size, which compiles (excluded from the medians); compile s: that call less the "
                 "median call (compile cache: "
                 f"{settings['compile_cache']}). Recompiles while timed: new Dynamo graphs during the timed calls "
-                "(should be 0)."]
+                "(should be 0).", "",
+                "### How fast a decoding step can be", "", *floor_table(results), "",
+                "Every fp32 decoding step reads all the weights of the layers' matrices and of the head (weights per "
+                "step). Read alone: one pass over them (a sum of each matrix) per step, the least any step costs on "
+                "this machine; matrix products alone: the lean decoder's query-key-value, output, feed-forward and "
+                f"head products (prepacked as it packs them) back to back on fixed inputs, {NEW_TOKENS} steps "
+                "(bench_speed.decode_floor), the least a step built on these kernels costs. Ceiling over Llama = "
+                "Llama's ms per step / a floor: the highest speed-up reachable against Llama with fp32 weights. GB/s "
+                "= weights per step / floor: once the weights outgrow the last-level cache (32 MiB here: large), "
+                "both run at the memory's bandwidth. Postformer and Llama ms/step: whole `generate` calls (prompt "
+                "included) / new tokens."]
         errors = [f"- {r['preset']} batch {b.lstrip('b')} {name}: {msg}" for r in results
                   for b, e in (r.get("generation") or {}).items() for name, msg in e["errors"].items()]
         differ = [f"- {r['preset']} batch {b.lstrip('b')} {pair}: {c}" for r in results
