@@ -180,28 +180,47 @@ def test_a_trained_folders_generation_config(loaded):
     assert greedy and sampled
 
 
-def test_prepacked_weights_give_the_same_tokens(monkeypatch):
-    """Larger models multiply through prepacked weight copies (MKL for one row, oneDNN for several); tiny ones
-    do not reach the size threshold, so it is lowered here."""
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_split_and_prepacked_products_give_the_same_tokens(monkeypatch, threads):
+    """Larger models multiply one row through split matrix-vector products (blocks of the weight's rows, one per
+    thread) and several rows through prepacked oneDNN copies; tiny ones do not reach the size threshold, so it is
+    lowered here. 3 threads: blocks that do not divide some matrices' rows evenly (fewer blocks are used)."""
     monkeypatch.setattr(generation_postformer, "PACK_MIN_BYTES", 0)
     monkeypatch.setattr(generation_postformer, "PACK_MIN_NEW_TOKENS", 1)
-    packed = []
-    make_packed = generation_postformer._packed_linear
+    made = []
+    for name in ("_split_linear", "_packed_linear"):
+        def spy(*args, make=getattr(generation_postformer, name), name=name):
+            linear = make(*args)
+            made.append((name, not isinstance(linear, functools.partial)))  # a partial of F.linear: refused
+            return linear
 
-    def spy(weight, bias, rows):
-        linear = make_packed(weight, bias, rows)
-        packed.append(not isinstance(linear, functools.partial))  # a partial of F.linear: packing was refused
-        return linear
-
-    monkeypatch.setattr(generation_postformer, "_packed_linear", spy)
+        monkeypatch.setattr(generation_postformer, name, spy)
     model = make_model(num_key_value_heads=2)
     ids, mask = left_padded()
-    for rows in (1, 3):
-        packed.clear()
-        lean, plain = both(model, ids[-rows:], attention_mask=mask[-rows:], max_new_tokens=15, do_sample=False,
-                           eos_token_id=None, pad_token_id=0)
-        assert lean.tolist() == plain.tolist()
-        assert len(packed) == 2 * 4 + 1 and all(packed), "every matrix should have been packed in this build"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows, kind in ((1, "_split_linear"), (3, "_packed_linear")):
+            made.clear()
+            lean, plain = both(model, ids[-rows:], attention_mask=mask[-rows:], max_new_tokens=15, do_sample=False,
+                               eos_token_id=None, pad_token_id=0)
+            assert lean.tolist() == plain.tolist()
+            assert made == [(kind, True)] * (2 * 4 + 1), "every matrix should have taken the fast product"
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_a_split_product_equals_f_linear():
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(96, 40, generator=generator), torch.randn(96, generator=generator)
+    x = torch.randn(1, 40, generator=generator)
+    for b in (None, bias):
+        linear = generation_postformer._split_linear(weight, b)
+        assert not isinstance(linear, functools.partial)
+        torch.testing.assert_close(linear(x), torch.nn.functional.linear(x, weight, b))
+    # rows no block count divides (a prime), or a weight that is not contiguous: F.linear itself
+    assert isinstance(generation_postformer._split_linear(torch.randn(97, 40), None), functools.partial)
+    assert isinstance(generation_postformer._split_linear(weight.t().contiguous().t(), None), functools.partial)
 
 
 @pytest.mark.parametrize("position_embedding_type", ["rope", "learned"])

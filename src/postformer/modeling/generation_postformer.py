@@ -18,11 +18,11 @@ decoding loop and replaces only the loop, where the options allow it:
   forward (the prefill), copies its keys and values into a preallocated cache, and then computes each new token
   with `LeanDecoder.step`: a direct function over the weights (embedding, layer norm, one fused query/key/value
   product, rotary positions, `scaled_dot_product_attention` on the cache slice, feed-forward, LM head; larger
-  matrices through prepacked MKL/oneDNN copies, see PACK_MIN_BYTES), inside `torch.inference_mode`. Logits go
-  through `LogitsPlan` (precomputed masks for the suppressed and end tokens, an incremental "seen" mask for the
-  repetition penalty, top-p from the top of the distribution rather than a sort of the vocabulary) and greedy or
-  multinomial selection as in transformers' `_sample` (the same calls to the random generator, so a seed draws
-  the same tokens either way).
+  matrices as split matrix-vector products for one row and through prepacked oneDNN copies for several, see
+  PACK_MIN_BYTES), inside `torch.inference_mode`. Logits go through `LogitsPlan` (precomputed masks for the
+  suppressed and end tokens, an incremental "seen" mask for the repetition penalty, top-p from the top of the
+  distribution rather than a sort of the vocabulary) and greedy or multinomial selection as in transformers'
+  `_sample` (the same calls to the random generator, so a seed draws the same tokens either way).
 
 Supported (anything else is transformers' own `generate`, decided per call):
   - decoding: greedy and multinomial sampling, one beam; num_return_sequences (sampling), eos tokens (one, a list,
@@ -482,16 +482,20 @@ def _top_p_from_top_k(probs, total, top_p: float, min_tokens_to_keep: int, k: in
 # ----------------------------------------------------------------------------------------------------------------
 # The decoding step
 
-# Prepacked weights: on CPUs, fp32 matrix products with few rows (one per sequence) run well below the memory
-# bandwidth in the default kernels (a matrix-vector product over an LM head that is not in cache ran at ~8 GB/s on
-# the 2-core AMD EPYC this was measured on). Weights reordered once for the kernel that will read them (MKL's packed
-# GEMM for one row, oneDNN's blocked layout for several: what Inductor's CPU weight prepacking uses) ran the
-# medium and large presets' decode steps 1.3-1.7x faster there. Matrices under PACK_MIN_BYTES (the small preset's
-# layers) gained nothing: they stay in cache, where the default kernel is as fast. The reorder costs about as much
-# as 2-3 decoding steps and a second copy of the weights for the length of the call, so it is done only for
-# generations of at least PACK_MIN_NEW_TOKENS and up to PACK_MAX_BYTES of copies. Each packed product is checked
-# against F.linear on one input when it is made (these are internal operators of PyTorch); any failure means
-# F.linear.
+# Matrix products with few rows (one per sequence): on CPUs, fp32 products with few rows run well below the memory
+# bandwidth in the default kernels (F.linear over the large preset's decoding weights, 48 MB, ran at ~10 GB/s on the
+# 2-core AMD EPYC this was measured on, where one pass over the same weights reads at ~40 GB/s; see
+# benchmarks/results/speed.md, "How fast a decoding step can be").
+# - One row: the weight's rows split into blocks, one per thread (at least 2), multiplied by the vector in one
+#   `torch.bmm` (views of the weight, nothing copied), which runs near the memory's bandwidth there: the medium and
+#   large presets' decoding steps 1.6x and 2.2x faster than through MKL's packed GEMM, which this replaced.
+# - Several rows: a copy reordered once into oneDNN's blocked layout (what Inductor's CPU weight prepacking uses),
+#   1.3-1.7x faster steps than F.linear there. The reorder costs about as much as 2-3 decoding steps and a second
+#   copy of the weights for the length of the call, so it is done only for generations of at least
+#   PACK_MIN_NEW_TOKENS and up to PACK_MAX_BYTES of copies.
+# Matrices under PACK_MIN_BYTES (the small preset's layers) gained nothing either way: they stay in cache, where the
+# default kernel is as fast. Each packed product is checked against F.linear on one input when it is made (these
+# are internal operators of PyTorch); any failure means F.linear.
 PACK_MIN_BYTES = 256 * 2**10
 PACK_MAX_BYTES = 256 * 2**20
 PACK_MIN_NEW_TOKENS = 16
@@ -503,23 +507,32 @@ def _plain_linear(weight, bias):
     return partial(F.linear, weight=weight, bias=bias)
 
 
+def _split_linear(weight: torch.Tensor, bias: torch.Tensor | None):
+    """x (1, in) -> F.linear(x, weight, bias): the weight's rows in one block per thread (at least 2; fewer when
+    they do not divide the rows), each multiplied by x, in one batched product over views of the weight."""
+    parts = max(2, torch.get_num_threads())
+    while weight.shape[0] % parts:
+        parts -= 1
+    if parts < 2 or not weight.is_contiguous():
+        return _plain_linear(weight, bias)
+    blocks = weight.view(parts, weight.shape[0] // parts, weight.shape[1])
+
+    def linear(x):
+        y = torch.bmm(blocks, x.t().expand(parts, -1, -1)).view(1, -1)  # (parts, out / parts, 1) -> (1, out)
+        return y if bias is None else y + bias
+
+    return linear
+
+
 def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, rows: int):
-    """x (rows, in) -> F.linear(x, weight, bias), through a prepacked copy of `weight` when that works."""
+    """x (rows, in) -> F.linear(x, weight, bias), through a copy of `weight` prepacked for oneDNN when that works."""
+    if not torch.backends.mkldnn.is_available():
+        return _plain_linear(weight, bias)
     try:
-        if rows == 1:
-            if not torch.backends.mkl.is_available():
-                return _plain_linear(weight, bias)
-            packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
 
-            def linear(x):
-                return torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
-        else:
-            if not torch.backends.mkldnn.is_available():
-                return _plain_linear(weight, bias)
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-
-            def linear(x):
-                return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        def linear(x):
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
         # a probe from its own generator: the global one belongs to sampling
         generator = torch.Generator(weight.device).manual_seed(0)
@@ -535,8 +548,9 @@ class LeanDecoder:
     """One token per row through the model, as plain functions over its weights.
 
     Holds references to the model's parameters and one fused copy of each layer's query, key and value weights
-    (one matrix product instead of three), plus prepacked copies where they pay (see PACK_MIN_BYTES): copies made per
-    `generate` call, never cached across calls, so that weights changed in any way between calls are never stale.
+    (one matrix product instead of three), plus split or prepacked products where they pay (see PACK_MIN_BYTES):
+    made per `generate` call, never cached across calls, so that weights changed in any way between calls are never
+    stale.
     The key and value cache is one preallocated (batch, kv_heads, length, head_dim) tensor per layer and kind,
     filled from the prefill's cache; each step writes its column and attends over the columns so far (in a
     sliding-window layer: a ring of `sliding_window` slots, each step overwriting the oldest).
@@ -564,16 +578,16 @@ class LeanDecoder:
         decode_bytes = head.weight.numel() * head.weight.element_size() + sum(
             p.numel() * p.element_size() for layer in inner.layers for p in layer.parameters()
         )
-        pack = (
-            embed.device.type == "cpu"
-            and embed.dtype == torch.float32
-            and decode_bytes <= PACK_MAX_BYTES
-            and max_length - prompt_length >= PACK_MIN_NEW_TOKENS
-        )
+        cpu_fp32 = embed.device.type == "cpu" and embed.dtype == torch.float32
+        # one row: views of the weights, nothing to copy; several: prepacked copies, worth it for long enough calls
+        pack = cpu_fp32 and decode_bytes <= PACK_MAX_BYTES and max_length - prompt_length >= PACK_MIN_NEW_TOKENS
 
         def linear(weight, bias):
-            if pack and weight.numel() * weight.element_size() >= PACK_MIN_BYTES:
-                return _packed_linear(weight, bias, batch)
+            if weight.numel() * weight.element_size() >= PACK_MIN_BYTES:
+                if cpu_fp32 and batch == 1:
+                    return _split_linear(weight, bias)
+                if pack:
+                    return _packed_linear(weight, bias, batch)
             return _plain_linear(weight, bias)
 
         self.embed = embed
