@@ -24,7 +24,7 @@ recipe.json (and recipe.md) as soon as it finishes; a rerun skips rows already t
     python benchmarks/bench_recipe.py --only baseline muon      # ~15 minutes
     python benchmarks/bench_recipe.py                           # every row: about 6 hours on 2 cores
 
-(The 19 two-minute rows, 3 seeds each, take about 2.7 hours of a quiet 2-core machine with their calibrations
+(The 20 two-minute rows, 3 seeds each, take about 2.8 hours of a quiet 2-core machine with their calibrations
 and evaluations; the 10- and 30-minute preset rows and the 30-minute config about 3 more.)
 
 Rows that train on the full corpus are skipped when `../shared/data/posts` is absent. The bundled sample's 4,000
@@ -107,6 +107,8 @@ ROWS = {
     # its own under other load than the recipe row's would give it more or fewer steps than the row it is compared to.
     "recipe-untied": (None, "bundled", SEEDS, recipe(tie_word_embeddings=False, max_steps=712),
                       "the new defaults with an LM head of its own, as untied found, for the new defaults' 712 steps"),
+    "recipe-batch-8": (2, "bundled", SEEDS, recipe(batch_size=8),
+                       "the new defaults with 8 blocks per step, as batch-8 found"),
     "medium-2min": (2, "bundled", SEEDS, recipe(preset="medium"), "the medium preset at the same budget (new recipe)"),
     "posts-30min": (None, "full", (0,), EXAMPLE_30MIN,
                     "examples/posts-30min.yaml: the final recipe, 30 minutes on the full corpus"),
