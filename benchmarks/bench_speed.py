@@ -47,9 +47,9 @@ numbers are medians of the timed repetitions that follow untimed warm-up repetit
                time = first call - median call), warm-up calls follow, and only later calls enter the medians.
                Dynamo recompilations during the timed calls are counted (they should be 0). Compile times are
                those of a first compilation: the run gives Inductor a fresh, empty cache folder
-               (--warm-compile-cache: its usual on-disk cache, which makes them shorter). Beside them, the
-               floor of a decoding step: the lean decoder's matrix products alone (decode_floor), which bounds
-               the speed-up any fp32 decoding loop can reach against Llama on this machine.
+               (--warm-compile-cache: its usual on-disk cache, which makes them shorter). Beside them, two
+               floors of a decoding step (decode_floor): one pass over the weights, and the lean decoder's matrix
+               products alone; each bounds the speed-up a decoding loop can reach against Llama on this machine.
 
 Peak training memory, the same method for both models: the tensor memory that PyTorch's CPU allocator hands
 out, as torch.profiler records it (profile_memory=True: every allocation and free, with its size). `torch.cpu`
@@ -517,7 +517,7 @@ def compare_tokens(output: torch.Tensor, reference: torch.Tensor) -> dict:
 def decode_floor(model, ids: torch.Tensor, args) -> dict:
     """Two floors of a decoding step, each timed for NEW_TOKENS steps (median of --gen-repeats after --warmup):
     - products: the lean decoder's matrix products alone (its fused query-key-value, output, feed-forward and head
-      products, prepacked as it packs them for this batch) back to back on fixed inputs: no loop built on these
+      products, built as it builds them for this batch) back to back on fixed inputs: no loop built on these
       kernels runs a step faster;
     - read: one pass over the same weights (a sum of each matrix), what any fp32 step must at least read.
     Llama's ms per step over a floor is the highest generation speed-up reachable against it."""
@@ -988,8 +988,8 @@ def markdown(report) -> str:
                 "Every fp32 decoding step reads all the weights of the layers' matrices and of the head (weights per "
                 "step). Read alone: one pass over them (a sum of each matrix) per step, the least any step costs on "
                 "this machine; matrix products alone: the lean decoder's query-key-value, output, feed-forward and "
-                f"head products (prepacked as it packs them) back to back on fixed inputs, {NEW_TOKENS} steps "
-                "(bench_speed.decode_floor), the least a step built on these kernels costs. Ceiling over Llama = "
+                "head products (split or prepacked as it builds them) back to back on fixed inputs, "
+                f"{NEW_TOKENS} steps (bench_speed.decode_floor), the least a step built on these kernels costs. Ceiling over Llama = "
                 "Llama's ms per step / a floor: the highest speed-up reachable against Llama with fp32 weights. GB/s "
                 "= weights per step / floor: once the weights outgrow the last-level cache (32 MiB here: large), "
                 "both run at the memory's bandwidth. Postformer and Llama ms/step: whole `generate` calls (prompt "
