@@ -108,7 +108,7 @@ def test_the_classifier_starts_from_the_language_model_body(model_dir):
     assert tokenizer.padding_side == "right" and tokenizer.model_max_length == 64
 
 
-@pytest.mark.parametrize("pooling", ["mean", "weighted_mean"])
+@pytest.mark.parametrize("pooling", ["mean", "weighted_mean", "mean_last"])
 def test_mean_pooling_scores_the_mean_of_the_real_tokens_states(model_dir, pooling):
     model, tokenizer = init_classifier(model_dir, ["a", "b", "c"], pooling=pooling)
     assert model.config.classifier_pooling == pooling
@@ -120,10 +120,12 @@ def test_mean_pooling_scores_the_mean_of_the_real_tokens_states(model_dir, pooli
             states = model.model(input_ids=batch["input_ids"][row:row + 1, mask.bool()]).last_hidden_state[0]
             # "weighted_mean": the i-th of n real tokens weighs i / (1 + ... + n)
             n = states.shape[0]
-            weights = torch.ones(n) / n if pooling == "mean" else torch.arange(1, n + 1) / (n * (n + 1) / 2)
+            weights = torch.arange(1, n + 1) / (n * (n + 1) / 2) if pooling == "weighted_mean" else torch.ones(n) / n
             pooled = (weights[:, None] * states).sum(0)
+            if pooling == "mean_last":  # the mean state plus the last real token's
+                pooled = pooled + states[-1]
             torch.testing.assert_close(logits[row], model.score(pooled), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="pooling must be one of last, mean, weighted_mean, got 'max'"):
+    with pytest.raises(ValueError, match="pooling must be one of last, mean, weighted_mean, mean_last, got 'max'"):
         init_classifier(model_dir, ["a", "b"], pooling="max")
 
 

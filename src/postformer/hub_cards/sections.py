@@ -36,6 +36,7 @@ def model_description(config: dict, task: str) -> str:
             "text-classification": {
                 "mean": "a linear head on the mean of the post's token states",
                 "weighted_mean": "a linear head on the position-weighted mean of the post's token states",
+                "mean_last": "a linear head on the mean of the post's token states plus its last token's state",
             }.get(config.get("classifier_pooling"), "a linear head on the last non-padding token"),
             }.get(task, "no head")
     return (f"`{architecture}`: a decoder-only transformer (pre-norm blocks of causal self-attention and a "

@@ -11,7 +11,8 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 POSITION_EMBEDDING_TYPES = ("rope", "sinusoidal", "learned", "none")
 # relu2 is ReLU squared (x -> max(x, 0)^2), from the small-model speed-run literature
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "relu2", "silu")
-CLASSIFIER_POOLINGS = ("last", "mean", "weighted_mean")  # what PostformerForSequenceClassification's head reads
+# what PostformerForSequenceClassification's head reads
+CLASSIFIER_POOLINGS = ("last", "mean", "weighted_mean", "mean_last")
 LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' names, as in Qwen2 and Gemma configs
 
 # The original design's `TransformerConfig` names, and the standard names they map to.
@@ -81,9 +82,10 @@ class PostformerConfig(PretrainedConfig):
     and packed rows (positions restarting per sequence) apply the window within each sequence.
 
     `classifier_pooling` is what the sequence-classification head reads: "last" (the last real token's hidden
-    state, as Llama's head), "mean" (the mean over the post's real tokens, as ModernBERT's "mean") or "weighted_mean"
+    state, as Llama's head), "mean" (the mean over the post's real tokens, as ModernBERT's "mean"), "weighted_mean"
     (the mean with the i-th real token weighted by i: later tokens have read more of the post, SGPT's
-    position-weighted mean for decoders).
+    position-weighted mean for decoders) or "mean_last" (the mean plus the last real token's state: the one token
+    that has read the whole post, beside every token's view).
 
     The design's names are accepted as keyword arguments and readable as attributes (`attribute_map`):
     `d_model` (hidden_size), `d_ff` (intermediate_size), `num_layers` (num_hidden_layers), `num_heads`

@@ -668,8 +668,9 @@ class PostformerForCausalLM(PostformerPreTrainedModel, GenerationMixin):
 
 
 class PostformerForSequenceClassification(PostformerPreTrainedModel):
-    """Postformer with a linear head on the last non-padding token (or, with `config.classifier_pooling` "mean"
-    or "weighted_mean", on the mean or the position-weighted mean over the real tokens), for posts analysis.
+    """Postformer with a linear head on the last non-padding token (or, with `config.classifier_pooling` "mean",
+    "weighted_mean" or "mean_last", on the mean or the position-weighted mean over the real tokens, or on the sum
+    of the mean and the last token's state), for posts analysis.
 
     `config.problem_type` picks the loss as transformers' heads do: regression (MSE), single-label (cross-entropy)
     or multi-label (BCE with logits); it is inferred from `num_labels` and the labels' dtype when unset.
@@ -721,15 +722,17 @@ class PostformerForSequenceClassification(PostformerPreTrainedModel):
             real = (input_ids != self.config.pad_token_id).to(logits.device, torch.long)
         else:
             real = torch.ones(logits.shape[:2], dtype=torch.long, device=logits.device)
-        if self.config.classifier_pooling in ("mean", "weighted_mean"):
+        pooling = self.config.classifier_pooling
+        pooled_logits = 0
+        if pooling in ("mean", "weighted_mean", "mean_last"):
             # The score head has no bias, so the mean of the tokens' logits is the logits of their mean state.
             # "weighted_mean": the i-th real token counts i times (causal attention: it has read i tokens of the post).
-            weights = real if self.config.classifier_pooling == "mean" else real.cumsum(-1) * real
+            weights = real.cumsum(-1) * real if pooling == "weighted_mean" else real
             weights = weights.unsqueeze(-1).to(logits.dtype)
             pooled_logits = (logits * weights).sum(1) / weights.sum(1).clamp(min=1)
-        else:
+        if pooling in ("last", "mean_last"):  # "mean_last": the logits of the mean state + the last token's state
             last_token = (torch.arange(real.shape[-1], device=logits.device) * real).argmax(-1)
-            pooled_logits = logits[torch.arange(batch_size, device=logits.device), last_token]
+            pooled_logits = pooled_logits + logits[torch.arange(batch_size, device=logits.device), last_token]
 
         loss = None
         if labels is not None:
