@@ -168,9 +168,9 @@ def test_a_separable_labelling_is_learned_to_high_held_out_accuracy(trained):
     # Trained by PostformerTrainer, as `postformer train` is: its arguments as JSON, never Trainer's pickle
     assert (output / "training_args.json").is_file() and not (output / "training_args.bin").exists()
     assert json.loads((output / "training_config.json").read_text())["label_field"] == "label"
-    # The defaults: mean pooling, class-balanced loss, batches by length (evaluation still in the posts' order:
-    # the next test checks the held-out predictions against the posts they are written beside)
-    assert metrics["hyperparameters"]["pooling"] == "mean" and metrics["hyperparameters"]["class_weighting"]
+    # The defaults: the mean plus the last token, class-balanced loss, batches by length (evaluation still in the
+    # posts' order: the next test checks the held-out predictions against the posts they are written beside)
+    assert metrics["hyperparameters"]["pooling"] == "mean_last" and metrics["hyperparameters"]["class_weighting"]
     assert json.loads((output / "training_args.json").read_text())["train_sampling_strategy"] == "group_by_length"
     card = ModelCard.load(output / "README.md")
     assert card.data.pipeline_tag == "text-classification"

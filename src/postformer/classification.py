@@ -1,8 +1,8 @@
 """Posts classification: fine-tune a trained Postformer language model into a sequence classifier, and use it.
 
 `train_classifier` reads a labelled posts file (a text and a label column), puts a new linear head on the
-language model's body (`PostformerForSequenceClassification`, which reads the mean over a post's tokens, or its
-last real token) and fine-tunes the whole model with `PostformerTrainer` (the trainer of `postformer train`,
+language model's body (`PostformerForSequenceClassification`, which reads the mean over a post's tokens plus its
+last real token, by default) and fine-tunes the whole model with `PostformerTrainer` (the trainer of `postformer train`,
 with the same arguments class), by default with a class-balanced loss on batches of posts of similar length. It
 reports accuracy and macro-F1 on a held-out split (scikit-learn's metrics: scikit-learn is in postformer's
 extras), beside the majority-class baseline, and saves a Hub-style folder that
@@ -259,10 +259,10 @@ def _for_classification(tokenizer, config):
     return tokenizer
 
 
-def init_classifier(model_dir, labels: list[str], pooling: str = "mean"):
+def init_classifier(model_dir, labels: list[str], pooling: str = "mean_last"):
     """A `PostformerForSequenceClassification` for `labels` on the body of the language model saved in
-    `model_dir` (a folder or Hub id; its weights reused, the score head new), reading the last token or the mean
-    over tokens (`pooling`, the config's `classifier_pooling`), and the model's tokenizer set up for
+    `model_dir` (a folder or Hub id; its weights reused, the score head new), reading the mean over tokens plus the
+    last token, or one of them (`pooling`, the config's `classifier_pooling`), and the model's tokenizer set up for
     classification. The model is loaded by `postformer.model_files.load_model`, which names a damaged folder."""
     if pooling not in CLASSIFIER_POOLINGS:  # said before a model is loaded
         raise ValueError(f"pooling must be one of {', '.join(CLASSIFIER_POOLINGS)}, got {pooling!r}")

@@ -215,9 +215,9 @@ class ClassifierArguments:
         "share of train held out (stratified by label) when the data has no validation split"))
     max_length: int | None = field(default=None, metadata=_help(
         "tokens kept of a post, longer ones cut at the end (default: the model's context)"))
-    pooling: Literal["last", "mean", "weighted_mean", "mean_last"] = field(default="mean", metadata=_help(
-        "what the head reads: the mean over the post's tokens, its last token, the mean with the i-th token "
-        "weighted by i, or the mean plus the last token"))
+    pooling: Literal["mean_last", "mean", "last", "weighted_mean"] = field(default="mean_last", metadata=_help(
+        "what the head reads: the mean of the post's token states plus its last token's state, the mean alone, "
+        "the last token alone, or the mean with the i-th token weighted by i"))
     class_weighting: bool = field(default=True, metadata=_help(
         "weight each label's loss by n_posts / (n_labels x its count in train), so rare labels count as much"))
 
