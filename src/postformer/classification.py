@@ -1,9 +1,9 @@
 """Posts classification: fine-tune a trained Postformer language model into a sequence classifier, and use it.
 
 `train_classifier` reads a labelled posts file (a text and a label column), puts a new linear head on the
-language model's body (`PostformerForSequenceClassification`, which reads the mean over a post's tokens plus its
-last real token, by default) and fine-tunes the whole model with `PostformerTrainer` (the trainer of `postformer train`,
-with the same arguments class), by default with a class-balanced loss on batches of posts of similar length. It
+language model's body (`PostformerForSequenceClassification`, by default reading the mean over a post's tokens
+plus its last real token) and fine-tunes the whole model with `PostformerTrainer` (the trainer of `postformer
+train`, with the same arguments class), by default with a class-balanced loss on batches of posts of similar length. It
 reports accuracy and macro-F1 on a held-out split (scikit-learn's metrics: scikit-learn is in postformer's
 extras), beside the majority-class baseline, and saves a Hub-style folder that
 `AutoModelForSequenceClassification` loads (after `import postformer`, or with `trust_remote_code=True` without
