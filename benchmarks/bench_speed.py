@@ -242,6 +242,12 @@ def short_error(error: BaseException) -> str:
 
 # ----------------------------------------------------------------------------------------------- forward
 
+def projections(model) -> list:
+    """Every layer's linear projections (query, key, value, output, up, down), in the order the forward runs them."""
+    return [child for layer in model.model.layers for block in (layer.self_attn, layer.mlp)
+            for name, child in block.named_children() if name.endswith("_proj")]
+
+
 def forward_products(model, batch: int):
     """The matrix products of one Postformer forward of batch x FORWARD_SEQ tokens alone, on fixed inputs: every
     layer's query, key, value, output, up and down products (with their biases) and the LM head, each the model's
@@ -249,9 +255,7 @@ def forward_products(model, batch: int):
     parameters Llama's forward does the same products' FLOPs (the attention scores' as well): Llama's ms over this
     floor is the highest forward speed-up over Llama reachable with these fp32 kernels. Called like a model."""
     generator = torch.Generator().manual_seed(0)
-    modules = [module for layer in model.model.layers
-               for module in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                              layer.self_attn.o_proj, layer.mlp.up_proj, layer.mlp.down_proj)] + [model.lm_head]
+    modules = [*projections(model), model.lm_head]
     inputs = [torch.randn(batch, FORWARD_SEQ, module.in_features, generator=generator) for module in modules]
 
     def run(**_):
@@ -554,8 +558,7 @@ def decode_floor(model, ids: torch.Tensor, args) -> dict:
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.randn(batch, width, generator=generator) for _, width in products]
 
-    weights = [p for layer in model.model.layers for module in (layer.self_attn, layer.mlp)
-               for name, p in module.named_parameters() if name.endswith("proj.weight")] + [model.lm_head.weight]
+    weights = [module.weight for module in projections(model)] + [model.lm_head.weight]
     weight_bytes = sum(w.numel() * w.element_size() for w in weights)
     steps = {"products": lambda: [product(x) for (product, _), x in zip(products, inputs)],
              "read": lambda: [w.sum() for w in weights]}
@@ -1019,7 +1022,8 @@ def markdown(report) -> str:
                 "step). Read alone: one pass over them (a sum of each matrix) per step, the least any step costs on "
                 "this machine; matrix products alone: the lean decoder's query-key-value, output, feed-forward and "
                 "head products (split or prepacked as it builds them) back to back on fixed inputs, "
-                f"{NEW_TOKENS} steps (bench_speed.decode_floor), the least a step built on these kernels costs. Ceiling over Llama = "
+                f"{NEW_TOKENS} steps (bench_speed.decode_floor), the least a step built on these kernels costs. "
+                "Ceiling over Llama = "
                 "Llama's ms per step / a floor: the highest speed-up reachable against Llama with fp32 weights. GB/s "
                 "= weights per step / floor: once the weights outgrow the last-level cache (32 MiB here: large), "
                 "both run at the memory's bandwidth. Postformer and Llama ms/step: whole `generate` calls (prompt "

@@ -37,7 +37,7 @@ from .model_files import check_model, load_model
 from .modeling.configuration_postformer import CLASSIFIER_POOLINGS
 from .progress import progress_bars
 from .saving import check_output_folder, saving
-from .training.arguments import run_record
+from .training.arguments import ClassifierArguments, run_record
 
 MAX_LISTED_ROWS = 10  # rows named in an error message; the count is always given in full
 
@@ -259,7 +259,7 @@ def _for_classification(tokenizer, config):
     return tokenizer
 
 
-def init_classifier(model_dir, labels: list[str], pooling: str = "mean_last"):
+def init_classifier(model_dir, labels: list[str], pooling: str = ClassifierArguments.pooling):
     """A `PostformerForSequenceClassification` for `labels` on the body of the language model saved in
     `model_dir` (a folder or Hub id; its weights reused, the score head new), reading the mean over tokens plus the
     last token, or one of them (`pooling`, the config's `classifier_pooling`), and the model's tokenizer set up for
