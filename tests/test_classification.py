@@ -147,10 +147,24 @@ def test_balanced_class_weights_and_the_weighted_loss():
 
 def test_pooling_and_class_weighting_reach_the_trained_classifier(model_dir, topic_posts, tmp_path):
     metrics = train_classifier(model_dir, topic_posts, tmp_path / "out", validation_fraction=0.25, pooling="last",
-                               class_weighting=False, layer_lr_decay=0.5, **{**FAST, "epochs": 1})
+                               class_weighting=False, layer_lr_decay=0.5, dropout=0.2, **{**FAST, "epochs": 1})
     assert metrics["hyperparameters"]["pooling"] == "last" and not metrics["hyperparameters"]["class_weighting"]
+    assert metrics["hyperparameters"]["dropout"] == 0.2
     model, _ = load_model(tmp_path / "out", "text-classification")
     assert model.config.classifier_pooling == "last"
+    assert model.config.hidden_dropout == model.config.attention_dropout == 0.2
+
+
+def test_fine_tuning_dropout_defaults_to_the_language_models(model_dir):
+    lm_config = json.loads((model_dir / "config.json").read_text())
+    model, _ = init_classifier(model_dir, ["a", "b"])
+    assert (model.config.hidden_dropout, model.config.attention_dropout) == (
+        lm_config["hidden_dropout"], lm_config["attention_dropout"])
+    model, _ = init_classifier(model_dir, ["a", "b"], dropout=0.3)
+    assert model.config.hidden_dropout == model.config.attention_dropout == 0.3
+    for bad in (1.0, -0.1, "0.1", True):
+        with pytest.raises(ValueError, match=f"dropout must be a number in \\[0, 1\\), got {bad!r}"):
+            init_classifier(model_dir, ["a", "b"], dropout=bad)
 
 
 def test_a_separable_labelling_is_learned_to_high_held_out_accuracy(trained):

@@ -259,13 +259,19 @@ def _for_classification(tokenizer, config):
     return tokenizer
 
 
-def init_classifier(model_dir, labels: list[str], pooling: str = ClassifierArguments.pooling):
+def init_classifier(model_dir, labels: list[str], pooling: str = ClassifierArguments.pooling,
+                    dropout: float | None = ClassifierArguments.dropout):
     """A `PostformerForSequenceClassification` for `labels` on the body of the language model saved in
     `model_dir` (a folder or Hub id; its weights reused, the score head new), reading the mean over tokens plus the
-    last token, or one of them (`pooling`, the config's `classifier_pooling`), and the model's tokenizer set up for
-    classification. The model is loaded by `postformer.model_files.load_model`, which names a damaged folder."""
+    last token, or one of them (`pooling`, the config's `classifier_pooling`), with hidden and attention dropout
+    `dropout` (None: the language model's), and the model's tokenizer set up for classification. The model is
+    loaded by `postformer.model_files.load_model`, which names a damaged folder."""
     if pooling not in CLASSIFIER_POOLINGS:  # said before a model is loaded
         raise ValueError(f"pooling must be one of {', '.join(CLASSIFIER_POOLINGS)}, got {pooling!r}")
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                or not 0 <= dropout < 1):
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    dropouts = {} if dropout is None else dict(hidden_dropout=dropout, attention_dropout=dropout)
     model, tokenizer = load_model(
         model_dir,
         "text-classification",
@@ -276,6 +282,7 @@ def init_classifier(model_dir, labels: list[str], pooling: str = ClassifierArgum
         problem_type="single_label_classification",
         classifier_pooling=pooling,
         use_cache=False,  # a classifier reads each post once: no key/value cache to keep
+        **dropouts,
     )
     return model, _for_classification(tokenizer, model.config)
 
@@ -375,7 +382,7 @@ def _run_classifier(job, args) -> dict:
                                 "skip" if job.skip_bad_lines else "error")
 
     set_seed(args.seed)  # the new head's initial weights depend on the seed alone
-    model, tokenizer = init_classifier(job.model, posts.labels, job.pooling)
+    model, tokenizer = init_classifier(job.model, posts.labels, job.pooling, job.dropout)
     if job.max_length is not None:
         if isinstance(job.max_length, bool) or not isinstance(job.max_length, int) or job.max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2, got {job.max_length!r}")
@@ -429,6 +436,7 @@ def _run_classifier(job, args) -> dict:
         weight_decay=args.weight_decay, warmup=args.warmup_steps, max_length=tokenizer.model_max_length,
         seed=args.seed, text_field=job.text_field, label_field=job.label_field, base_model=str(job.model),
         pooling=job.pooling, class_weighting=job.class_weighting, layer_lr_decay=args.layer_lr_decay,
+        dropout=model.config.hidden_dropout,
     )
 
     if args.should_save:

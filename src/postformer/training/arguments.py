@@ -220,6 +220,9 @@ class ClassifierArguments:
         "the last token alone, or the mean with the i-th token weighted by i"))
     class_weighting: bool = field(default=True, metadata=_help(
         "weight each label's loss by n_posts / (n_labels x its count in train), so rare labels count as much"))
+    dropout: float | None = field(default=None, metadata=_help(
+        "hidden and attention dropout while fine-tuning (default: the language model's, which `postformer train` "
+        "sets to 0)"))
 
 
 MODEL_FIELDS = (
