@@ -85,6 +85,8 @@ for task in TASKS:
                                          "dropout 0.1 while fine-tuning, 5 epochs"),
         f"{task}-30min-dropout-0.1": (task, "posts-30min", dict(dropout=0.1), SEEDS,
                                       "the 30-minute model, dropout 0.1 while fine-tuning"),
+        f"{task}-30min-dropout-0.1-epochs-5": (task, "posts-30min", dict(dropout=0.1, epochs=5), SEEDS,
+                                               "the 30-minute model, dropout 0.1 while fine-tuning, 5 epochs"),
         f"{task}-lr-1e-3": (task, "main-job", dict(MEAN, learning_rate=1e-3), SEEDS, "the mean, learning rate 1e-3"),
         f"{task}-epochs-6": (task, "main-job", dict(MEAN, epochs=6), SEEDS, "the mean, 6 epochs"),
         f"{task}-llrd-0.5": (task, "main-job", dict(MEAN, learning_rate=1e-3, layer_lr_decay=0.5), SEEDS,

@@ -16,16 +16,22 @@ baseline's steps times the ratio of the two step times, measured back to back. R
 schedule cut before its end measures nothing); each records its training seconds.
 
 Rows: today's recipe first, then ablations at the 2-minute budget (each the baseline with one change; median of
-3 seeds), then the preset trade-off and the final recipe at 10 and 30 minutes (one seed). Each row is written to
-recipe.json (and recipe.md) as soon as it finishes; a rerun skips rows already there (`--force` reruns them),
-`--only NAME ...` runs the named rows, `--list` lists them.
+3 seeds), then the preset trade-off and the final recipe at 2, 10 and 30 minutes (one seed beyond 2 minutes). Each
+row is written to recipe.json (and recipe.md) as soon as it finishes, with its wall-clock seconds; a rerun skips
+rows already there (`--force` reruns them), `--only NAME ...` runs the named rows, `--list` lists them.
+
+The full run (no `--only`) is the rows that decide the recipe, about 3 hours of a quiet 2-core machine: the main job
+before and now, the baseline, each change the recipe kept and each architecture switch alone, the recipe, and the
+preset trade-off (10 two-minute rows of 3 seeds at about 8 minutes each, calibrations and evaluations included; the
+main job's two rows about 12 minutes; the 10- and 30-minute rows about 1.6 hours). The sweeps that found nothing to
+change (learning rate, batch size, block length, vocabulary size, other combinations) and the large preset at 30
+minutes (last by 0.15 bits per character at 10 minutes) are in the table too; `--all` adds them to a run (about 2
+hours more).
 
     python benchmarks/bench_recipe.py --list
     python benchmarks/bench_recipe.py --only baseline muon      # ~15 minutes
-    python benchmarks/bench_recipe.py                           # every row: about 6 hours on 2 cores
-
-(The 20 two-minute rows, 3 seeds each, take about 2.8 hours of a quiet 2-core machine with their calibrations
-and evaluations; the 10- and 30-minute preset rows and the 30-minute config about 3 more.)
+    python benchmarks/bench_recipe.py                           # the full run: about 3 hours on 2 cores
+    python benchmarks/bench_recipe.py --all                     # every row: about 5 hours
 
 Rows that train on the full corpus are skipped when `../shared/data/posts` is absent. The bundled sample's 4,000
 training posts come from the same corpus, so the full-corpus rows are judged on the full corpus's own
@@ -110,12 +116,17 @@ ROWS = {
     "recipe-batch-8": (2, "bundled", SEEDS, recipe(batch_size=8),
                        "the new defaults with 8 blocks per step, as batch-8 found"),
     "medium-2min": (2, "bundled", SEEDS, recipe(preset="medium"), "the medium preset at the same budget (new recipe)"),
-    "posts-30min": (None, "full", (0,), EXAMPLE_30MIN,
-                    "examples/posts-30min.yaml: the final recipe, 30 minutes on the full corpus"),
+    "posts-30min": (None, "full", (0,), EXAMPLE_30MIN, "examples/posts-30min.yaml: the final recipe, 30 minutes on "
+                    "the full corpus (the medium preset: also the preset trade-off's medium row at 30 minutes)"),
     **{f"{preset}-{minutes}min": (minutes, "full", (0,), recipe(preset=preset),
                                   f"preset trade-off at {minutes} minutes (new recipe)")
-       for minutes in (10, 30) for preset in ("small", "medium", "large")},
+       for minutes, presets in ((10, ("small", "medium", "large")), (30, ("small", "large"))) for preset in presets},
 }
+
+# Rows the full run leaves out (`--all` or `--only` runs them): sweeps whose finding changed nothing in the recipe,
+# and the large preset at 30 minutes. The full run stays within about 3 hours; with these, about 5.
+EXTENDED = ("lr-1e-3", "lr-4e-3", "batch-8", "batch-32", "block-64", "block-256", "vocab-4096", "vocab-16384",
+            "combined", "recipe-untied", "recipe-batch-8", "large-30min")
 
 
 class TrainingClock(TrainerCallback):
@@ -255,15 +266,18 @@ def write_markdown(results: dict, path: Path) -> None:
         before_bpc, now_bpc = rows["main-job-300"]["median_bpc_bundled"], rows["main-job"]["median_bpc_bundled"]
         lines += ["", f"The main job (`postformer train`, no flags), bundled validation split: {before_bpc:.3f} bits "
                   f"per character before (0.2.0, 300 steps), {now_bpc:.3f} now ({(now_bpc / before_bpc - 1) * 100:+.1f}%)."]
-    missing = [name for name in ROWS if name not in rows]
-    if missing:
-        lines += ["", f"Not run yet: {', '.join(missing)}."]
+    for label, names in (("Not run yet", [n for n in ROWS if n not in EXTENDED]), ("Not run yet (`--all` rows)", EXTENDED)):
+        missing = [name for name in names if name not in rows]
+        if missing:
+            lines += ["", f"{label}: {', '.join(missing)}."]
     path.write_text("\n".join(lines) + "\n")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=list(ROWS), help="run these rows only")
+    parser.add_argument("--all", action="store_true", help="also run the rows the full run leaves out: "
+                        + ", ".join(EXTENDED))
     parser.add_argument("--force", action="store_true", help="rerun rows that already have results")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument("--output-dir", type=Path, help=f"where recipe.json/.md go (default: {RESULTS})")
@@ -276,11 +290,12 @@ def main():
         cli.output_dir = Path(tempfile.mkdtemp(prefix="recipe-quick-")) if cli.quick else RESULTS
     if cli.list:
         for name, (budget, data, seeds, options, what) in ROWS.items():
-            print(f"{name:14} {budget or '-':>3} min  {data:7}  seeds {list(seeds)}  {what}  {options}")
+            run = "--all" if name in EXTENDED else "full run"
+            print(f"{name:14} {budget or '-':>3} min  {data:7}  seeds {list(seeds)}  {run:8}  {what}  {options}")
         return
     json_path, md_path = cli.output_dir / "recipe.json", cli.output_dir / "recipe.md"
     results = open_results(json_path)
-    for name in cli.only or list(ROWS):
+    for name in cli.only or [name for name in ROWS if cli.all or name not in EXTENDED]:
         if name in results["rows"] and not cli.force:
             print(f"{name}: done already (--force reruns it)")
             continue
@@ -288,11 +303,14 @@ def main():
             print(f"{name}: skipped, {FULL_CORPUS} is absent")
             continue
         print(f"{name}: {ROWS[name][4]} ...", flush=True)
+        start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="bench-recipe-") as tmp, progress_bars(False):
             baseline_steps = results["rows"].get("baseline", {}).get("planned_steps")
             results["rows"][name] = run_row(name, Path(tmp), baseline_steps, 0.05 if cli.quick else 1.0,
                                             cli.keep_models)
             results["rows"][name]["machine"] = results["machine"]  # threads and date of this row's run
+        # The whole row: calibrations, tokenizers, data preparation, training and evaluations.
+        results["rows"][name]["wall_seconds"] = time.perf_counter() - start
         cli.output_dir.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=2) + "\n")
         write_markdown(results, md_path)
