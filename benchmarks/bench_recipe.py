@@ -115,6 +115,8 @@ ROWS = {
                       "the new defaults with an LM head of its own, as untied found, for the new defaults' 712 steps"),
     "recipe-batch-8": (2, "bundled", SEEDS, recipe(batch_size=8),
                        "the new defaults with 8 blocks per step, as batch-8 found"),
+    "recipe-block-64": (2, "bundled", SEEDS, recipe(block_size=64),
+                        "the new defaults with 64-token blocks, as block-64 found"),
     "medium-2min": (2, "bundled", SEEDS, recipe(preset="medium"), "the medium preset at the same budget (new recipe)"),
     "posts-30min": (None, "full", (0,), EXAMPLE_30MIN, "examples/posts-30min.yaml: the final recipe, 30 minutes on "
                     "the full corpus (the medium preset: also the preset trade-off's medium row at 30 minutes)"),
@@ -126,7 +128,7 @@ ROWS = {
 # Rows the full run leaves out (`--all` or `--only` runs them): sweeps whose finding changed nothing in the recipe,
 # and the large preset at 30 minutes. The full run stays within about 3 hours; with these, about 5.
 EXTENDED = ("lr-1e-3", "lr-4e-3", "batch-8", "batch-32", "block-64", "block-256", "vocab-4096", "vocab-16384",
-            "combined", "recipe-untied", "recipe-batch-8", "large-30min")
+            "combined", "recipe-untied", "recipe-batch-8", "recipe-block-64", "large-30min")
 
 
 class TrainingClock(TrainerCallback):
