@@ -25,8 +25,7 @@ before and now, the baseline, each change the recipe kept and each architecture 
 preset trade-off (10 two-minute rows of 3 seeds at about 8 minutes each, calibrations and evaluations included; the
 main job's two rows about 12 minutes; the 10- and 30-minute rows about 1.6 hours). The sweeps that found nothing to
 change (learning rate, batch size, block length, vocabulary size, other combinations) and the large preset at 30
-minutes (last by 0.15 bits per character at 10 minutes) are in the table too; `--all` adds them to a run (about 2
-hours more).
+minutes (third at 10 and at 30 minutes) are in the table too; `--all` adds them to a run (about 2 hours more).
 
     python benchmarks/bench_recipe.py --list
     python benchmarks/bench_recipe.py --only baseline muon      # ~15 minutes
@@ -126,9 +125,10 @@ ROWS = {
 }
 
 # Rows the full run leaves out (`--all` or `--only` runs them): sweeps whose finding changed nothing in the recipe,
-# and the large preset at 30 minutes. The full run stays within about 3 hours; with these, about 5.
+# and the large preset at 30 minutes (see the module's docstring for the hours each takes).
 EXTENDED = ("lr-1e-3", "lr-4e-3", "batch-8", "batch-32", "block-64", "block-256", "vocab-4096", "vocab-16384",
             "combined", "recipe-untied", "recipe-batch-8", "recipe-block-64", "large-30min")
+FULL_RUN = [name for name in ROWS if name not in EXTENDED]
 
 
 class TrainingClock(TrainerCallback):
@@ -268,8 +268,7 @@ def write_markdown(results: dict, path: Path) -> None:
         before_bpc, now_bpc = rows["main-job-300"]["median_bpc_bundled"], rows["main-job"]["median_bpc_bundled"]
         lines += ["", f"The main job (`postformer train`, no flags), bundled validation split: {before_bpc:.3f} bits "
                   f"per character before (0.2.0, 300 steps), {now_bpc:.3f} now ({(now_bpc / before_bpc - 1) * 100:+.1f}%)."]
-    full_run = [name for name in ROWS if name not in EXTENDED]
-    for label, names in (("Not run yet", full_run), ("Not run yet (`--all` rows)", EXTENDED)):
+    for label, names in (("Not run yet", FULL_RUN), ("Not run yet (`--all` rows)", EXTENDED)):
         missing = [name for name in names if name not in rows]
         if missing:
             lines += ["", f"{label}: {', '.join(missing)}."]
@@ -298,7 +297,7 @@ def main():
         return
     json_path, md_path = cli.output_dir / "recipe.json", cli.output_dir / "recipe.md"
     results = open_results(json_path)
-    for name in cli.only or [name for name in ROWS if cli.all or name not in EXTENDED]:
+    for name in cli.only or (list(ROWS) if cli.all else FULL_RUN):
         if name in results["rows"] and not cli.force:
             print(f"{name}: done already (--force reruns it)")
             continue
