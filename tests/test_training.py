@@ -430,6 +430,18 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tokenizer, tmp_path):
     assert "model.layers.0.mlp.up_proj.weight" in changed and "model.embed_tokens.weight" in changed
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_muon_leaves_every_head_to_adamw(tokenizer, tie):
+    from postformer.training.trainer import muon_parameter_names
+
+    config = tiny_config(**config_token_ids(tokenizer), tie_word_embeddings=tie, num_labels=5)
+    matrices = {f"model.layers.{i}.{m}.weight" for i in range(2) for m in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj")}
+    # The LM head (tied or not) and a classifier's score map hidden states to tokens or labels: AdamW's.
+    assert set(muon_parameter_names(PostformerForCausalLM(config))) == matrices
+    assert set(muon_parameter_names(PostformerForSequenceClassification(config))) == matrices
+
+
 def test_layer_lr_decay_scales_each_depth_and_zero_trains_the_head_only(tokenizer, tmp_path):
     from postformer.training.arguments import training_arguments
     from postformer.training.trainer import layer_depth

@@ -69,13 +69,17 @@ def flops_per_token(model: nn.Module, sequence_length: int) -> float:
 
 
 def muon_parameter_names(model: nn.Module) -> list[str]:
-    """What Muon trains: the hidden weight matrices, i.e. the trainable 2-D parameters that are neither an
-    embedding nor the LM head (Muon orthogonalises updates of matrices that map hidden states to hidden states)."""
+    """What Muon trains: the hidden weight matrices, i.e. the trainable 2-D parameters of the transformer body (the
+    base model) other than its embeddings. Muon orthogonalises updates of matrices that map hidden states to hidden
+    states, so never a head either: the LM head, a classifier's score (both outside the body) or a tied head (the
+    embedding)."""
+    body = {id(p) for p in getattr(model, "base_model", model).parameters()}
     outside = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
         outside.add(id(head.weight))
-    return [n for n, p in model.named_parameters() if p.requires_grad and p.ndim == 2 and id(p) not in outside]
+    return [n for n, p in model.named_parameters()
+            if p.requires_grad and p.ndim == 2 and id(p) in body and id(p) not in outside]
 
 
 def layer_depth(name: str, num_layers: int) -> int:
