@@ -45,7 +45,7 @@ class PostformerTrainingArguments(TrainingArguments):
                                                              "tensorboard; needs the tensorboard package)"))
     optimizer: Literal["adamw", "muon"] = field(default="adamw", metadata=_help(
         "adamw: Trainer's optimizer (--optim) for every parameter; muon: torch.optim.Muon for the hidden weight "
-        "matrices (the 2-D weights inside the blocks) and --optim for embeddings, LM head, norms and biases"))
+        "matrices (the 2-D weights inside the blocks) and --optim for embeddings, heads, norms and biases"))
     muon_learning_rate: float = field(default=0.02, metadata=_help(
         "peak learning rate of Muon's matrices (--learning_rate stays that of the AdamW part)"))
     muon_momentum: float = field(default=0.95, metadata=_help("Muon's momentum (Nesterov)"))
