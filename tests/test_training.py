@@ -400,6 +400,11 @@ def test_mfu_never_exceeds_one_when_the_peak_was_measured_on_a_busy_machine(toke
     assert trainer.peak_flops == 1e15 and 0 < logs["mfu"] < 1
 
 
+# The 2-D weights inside tiny_config's two blocks: what Muon takes.
+HIDDEN_MATRICES = {f"model.layers.{i}.{m}.weight" for i in range(2) for m in (
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj")}
+
+
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tokenizer, tmp_path):
     from postformer.training.arguments import training_arguments
     from postformer.training.trainer import CombinedOptimizer
@@ -414,9 +419,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tokenizer, tmp_path):
     adamw = {names[id(p)]: group["weight_decay"] for group in optimizer.optimizers["adamw"].param_groups
              for p in group["params"]}
     assert isinstance(optimizer.optimizers["muon"], torch.optim.Muon)
-    assert muon == {f"model.layers.{i}.{m}.weight" for i in range(2)
-                    for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                              "mlp.up_proj", "mlp.down_proj")}
+    assert muon == HIDDEN_MATRICES
     assert set(adamw) == set(names.values()) - muon  # embeddings (tied head), positions, norms, biases
     assert all(decay == 0.0 for decay in adamw.values())  # none of them is a decayed matrix
     assert [g["lr"] for g in optimizer.optimizers["muon"].param_groups] == [0.05]
@@ -435,11 +438,9 @@ def test_muon_leaves_every_head_to_adamw(tokenizer, tie):
     from postformer.training.trainer import muon_parameter_names
 
     config = tiny_config(**config_token_ids(tokenizer), tie_word_embeddings=tie, num_labels=5)
-    matrices = {f"model.layers.{i}.{m}.weight" for i in range(2) for m in (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj")}
     # The LM head (tied or not) and a classifier's score map hidden states to tokens or labels: AdamW's.
-    assert set(muon_parameter_names(PostformerForCausalLM(config))) == matrices
-    assert set(muon_parameter_names(PostformerForSequenceClassification(config))) == matrices
+    assert set(muon_parameter_names(PostformerForCausalLM(config))) == HIDDEN_MATRICES
+    assert set(muon_parameter_names(PostformerForSequenceClassification(config))) == HIDDEN_MATRICES
 
 
 def test_layer_lr_decay_scales_each_depth_and_zero_trains_the_head_only(tokenizer, tmp_path):

@@ -76,7 +76,7 @@ def muon_parameter_names(model: nn.Module) -> list[str]:
     body = {id(p) for p in getattr(model, "base_model", model).parameters()}
     outside = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None:
+    if head is not None:  # a wrapper's (PEFT's) base_model holds the whole model, its LM head included
         outside.add(id(head.weight))
     return [n for n, p in model.named_parameters()
             if p.requires_grad and p.ndim == 2 and id(p) in body and id(p) not in outside]
