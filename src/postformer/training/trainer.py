@@ -68,13 +68,18 @@ def flops_per_token(model: nn.Module, sequence_length: int) -> float:
     return 6 * n_params + 12 * config.num_hidden_layers * config.hidden_size * sequence_length
 
 
+def embedding_weight_ids(model: nn.Module) -> set[int]:
+    """The ids of the model's embedding tables (a tied LM head is one of them): neither decayed nor given to Muon."""
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+
+
 def muon_parameter_names(model: nn.Module) -> list[str]:
     """What Muon trains: the hidden weight matrices, i.e. the trainable 2-D parameters of the transformer body (the
     base model) other than its embeddings. Muon orthogonalises updates of matrices that map hidden states to hidden
     states, so never a head either: the LM head, a classifier's score (both outside the body) or a tied head (the
     embedding)."""
     body = {id(p) for p in getattr(model, "base_model", model).parameters()}
-    outside = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    outside = embedding_weight_ids(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:  # a wrapper's (PEFT's) base_model holds the whole model, its LM head included
         outside.add(id(head.weight))
@@ -138,7 +143,7 @@ class PostformerTrainer(Trainer):
         self._sequence_length = None
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
-        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        embeddings = embedding_weight_ids(model)
         return [
             name
             for name, param in model.named_parameters()
@@ -154,18 +159,16 @@ class PostformerTrainer(Trainer):
             return super().create_optimizer(model)
         model = self.model if model is None else model
         matrices = set(muon_parameter_names(model))
-        muon = torch.optim.Muon(
-            [p for n, p in model.named_parameters() if n in matrices],
-            lr=self.args.muon_learning_rate, momentum=self.args.muon_momentum, weight_decay=self.args.weight_decay,
-        )
+        hidden = [p for n, p in model.named_parameters() if n in matrices]
+        muon = torch.optim.Muon(hidden, lr=self.args.muon_learning_rate, momentum=self.args.muon_momentum,
+                                weight_decay=self.args.weight_decay)
         # The rest through Trainer's own optimizer: the parameters Muon takes are frozen while it builds it.
-        frozen = [p for n, p in model.named_parameters() if n in matrices]
-        for p in frozen:
+        for p in hidden:
             p.requires_grad_(False)
         try:
             adamw = super().create_optimizer(model)
         finally:
-            for p in frozen:
+            for p in hidden:
                 p.requires_grad_(True)
         self.optimizer = CombinedOptimizer({"adamw": adamw, "muon": muon})
         return self.optimizer
