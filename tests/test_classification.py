@@ -143,6 +143,11 @@ def test_balanced_class_weights_and_the_weighted_loss():
     torch.testing.assert_close(loss({"logits": logits}, target), terms.mean())
     # In an accumulated batch of 10 posts, this part's share of the loss.
     torch.testing.assert_close(loss({"logits": logits}, target, num_items_in_batch=10), terms.sum() / 10)
+    # --label_smoothing_factor: Trainer's LabelSmoother formula, each post's term still times its label's weight.
+    log_probs = torch.log_softmax(logits, -1)
+    smoothed = 0.9 * -log_probs[torch.arange(4), target] + 0.1 * -log_probs.mean(-1)
+    torch.testing.assert_close(_weighted_loss(weights, 0.1)({"logits": logits}, target),
+                               (smoothed * weights[target]).mean())
 
 
 def test_pooling_and_class_weighting_reach_the_trained_classifier(model_dir, topic_posts, tmp_path):
@@ -153,6 +158,15 @@ def test_pooling_and_class_weighting_reach_the_trained_classifier(model_dir, top
     model, _ = load_model(tmp_path / "out", "text-classification")
     assert model.config.classifier_pooling == "last"
     assert model.config.hidden_dropout == model.config.attention_dropout == 0.2
+
+
+def test_label_smoothing_reaches_the_class_weighted_loss(model_dir, topic_posts, tmp_path):
+    # Trainer leaves --label_smoothing_factor to a compute_loss_func when one is given: the weighted loss applies it.
+    options = dict(validation_fraction=0.25, seed=3, **{**FAST, "epochs": 1})
+    plain = train_classifier(model_dir, topic_posts, tmp_path / "plain", **options)
+    smoothed = train_classifier(model_dir, topic_posts, tmp_path / "smoothed", label_smoothing_factor=0.5, **options)
+    assert (plain["hyperparameters"]["label_smoothing"], smoothed["hyperparameters"]["label_smoothing"]) == (0, 0.5)
+    assert smoothed["train_loss"] > plain["train_loss"] + 0.05
 
 
 def test_fine_tuning_dropout_defaults_to_the_language_models(model_dir):

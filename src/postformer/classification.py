@@ -321,13 +321,14 @@ def balanced_class_weights(label_ids, num_labels: int) -> torch.Tensor:
     return len(label_ids) / (num_labels * counts.clamp(min=1))
 
 
-def _weighted_loss(weights: torch.Tensor):
+def _weighted_loss(weights: torch.Tensor, label_smoothing: float = 0.0):
     """Trainer's compute_loss_func: cross-entropy of the pooled logits, each post's term times its label's weight,
     summed and divided by the posts in the whole (accumulated) batch, so gradient accumulation gives the loss of
-    one large batch, as Trainer's own losses do."""
+    one large batch, as Trainer's own losses do. `label_smoothing`: --label_smoothing_factor, which Trainer applies
+    only when no compute_loss_func is given (torch's label_smoothing is the same formula as its LabelSmoother)."""
     def compute_loss(outputs, labels, num_items_in_batch=None):
         logits, labels = outputs["logits"].float(), labels.to(outputs["logits"].device)
-        losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
         total = (losses * weights.to(logits.device)[labels]).sum()
         return total / (len(labels) if num_items_in_batch is None else num_items_in_batch)
     return compute_loss
@@ -397,8 +398,8 @@ def _run_classifier(job, args) -> dict:
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=_compute_metrics,
-        compute_loss_func=_weighted_loss(balanced_class_weights(encoded["train"]["labels"], len(posts.labels)))
-        if job.class_weighting else None,
+        compute_loss_func=_weighted_loss(balanced_class_weights(encoded["train"]["labels"], len(posts.labels)),
+                                         args.label_smoothing_factor) if job.class_weighting else None,
     )
     train_output = trainer.train()
 
@@ -436,7 +437,7 @@ def _run_classifier(job, args) -> dict:
         weight_decay=args.weight_decay, warmup=args.warmup_steps, max_length=tokenizer.model_max_length,
         seed=args.seed, text_field=job.text_field, label_field=job.label_field, base_model=str(job.model),
         pooling=job.pooling, class_weighting=job.class_weighting, layer_lr_decay=args.layer_lr_decay,
-        dropout=model.config.hidden_dropout,
+        dropout=model.config.hidden_dropout, label_smoothing=args.label_smoothing_factor,
     )
 
     if args.should_save:
