@@ -81,6 +81,8 @@ for task in TASKS:
         f"{task}-dropout-0.1": (task, "main-job", dict(dropout=0.1), SEEDS, "dropout 0.1 while fine-tuning"),
         f"{task}-step-1-dropout-0.1": (task, "step-1", dict(dropout=0.1), SEEDS,
                                        "dropout 0.1, from a language model trained 1 step"),
+        f"{task}-label-smoothing-0.1": (task, "main-job", dict(label_smoothing_factor=0.1), SEEDS,
+                                        "label smoothing 0.1"),
         f"{task}-dropout-0.1-epochs-5": (task, "main-job", dict(dropout=0.1, epochs=5), SEEDS,
                                          "dropout 0.1 while fine-tuning, 5 epochs"),
         f"{task}-30min-dropout-0.1": (task, "posts-30min", dict(dropout=0.1), SEEDS,
