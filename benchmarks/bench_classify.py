@@ -177,13 +177,13 @@ def language_model(name: str, work_dir: Path, given: dict[str, Path]) -> Path | 
     return folder
 
 
-def run_row(name: str, task_dir: Path, lm: Path, work_dir: Path, max_seeds: int) -> dict:
+def run_row(name: str, task_dir: Path, lm: Path, work_dir: Path, max_seeds: int, done: list[dict] = ()) -> dict:
+    """Row `name`'s result over its first `max_seeds` seeds; the seeds of `done` (earlier runs) are kept, not rerun."""
     task, _, options, seeds, what = ROWS[name]
-    seeds = seeds[:max_seeds]
+    runs = [run for run in done if run["seed"] in seeds[:max_seeds]]
     options = dict(options)
     lm_epochs = options.pop("lm_epochs", None)
-    runs = []
-    for seed in seeds:
+    for seed in [seed for seed in seeds[:max_seeds] if seed not in {run["seed"] for run in runs}]:
         start = lm
         with tempfile.TemporaryDirectory(prefix=f"bench-classify-{name}-", dir=work_dir) as tmp:
             if lm_epochs:  # continued language-model training on the task's train texts
@@ -195,6 +195,7 @@ def run_row(name: str, task_dir: Path, lm: Path, work_dir: Path, max_seeds: int)
                "test_accuracy": metrics["test_accuracy"], "train_seconds": metrics["train_runtime"]}
         runs.append(run)
         print(f"  {name} seed {seed}: {json.dumps(run)}", flush=True)
+    runs.sort(key=lambda run: run["seed"])
     result = {"task": task, "lm": ROWS[name][1], "options": ROWS[name][2], "what": what, "runs": runs}
     for key in ("validation_macro_f1", "test_macro_f1", "train_seconds"):
         values = [run[key] for run in runs]
@@ -243,7 +244,8 @@ def write_markdown(results: dict, path: Path) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=["baselines", *ROWS], help="run these rows only")
-    parser.add_argument("--force", action="store_true", help="rerun rows that already have results")
+    parser.add_argument("--force", action="store_true", help="rerun rows that already have results (without it, "
+                        "a row with fewer seeds than asked runs the missing seeds only)")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help=f"seeds per row, at most {len(SEEDS)} "
                         "(fewer for a first pass; the table gives each row's count)")
@@ -287,7 +289,8 @@ def main():
                 print(f"{name}: skipped, no language model {lm_name!r} (give it with --lm {lm_name}=FOLDER)")
                 continue
             print(f"{name}: {ROWS[name][4]} ...", flush=True)
-            results["rows"][name] = run_row(name, tasks[task], lm, cli.work_dir, cli.seeds)
+            done = [] if cli.force or name not in results["rows"] else results["rows"][name]["runs"]
+            results["rows"][name] = run_row(name, tasks[task], lm, cli.work_dir, cli.seeds, done)
         save()
     print(md_path.read_text() if md_path.is_file() else "no results")
 
