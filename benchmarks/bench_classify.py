@@ -177,13 +177,16 @@ def language_model(name: str, work_dir: Path, given: dict[str, Path]) -> Path | 
     return folder
 
 
-def run_row(name: str, task_dir: Path, lm: Path, work_dir: Path, max_seeds: int, done: list[dict] = ()) -> dict:
+def run_row(name: str, task_dir: Path, lm: Path, work_dir: Path, max_seeds: int,
+            done: list[dict] | None = None) -> dict:
     """Row `name`'s result over its first `max_seeds` seeds; the seeds of `done` (earlier runs) are kept, not rerun."""
     task, _, options, seeds, what = ROWS[name]
-    runs = [run for run in done if run["seed"] in seeds[:max_seeds]]
+    seeds = seeds[:max_seeds]
+    runs = [run for run in done or [] if run["seed"] in seeds]
+    finished = {run["seed"] for run in runs}
     options = dict(options)
     lm_epochs = options.pop("lm_epochs", None)
-    for seed in [seed for seed in seeds[:max_seeds] if seed not in {run["seed"] for run in runs}]:
+    for seed in [seed for seed in seeds if seed not in finished]:
         start = lm
         with tempfile.TemporaryDirectory(prefix=f"bench-classify-{name}-", dir=work_dir) as tmp:
             if lm_epochs:  # continued language-model training on the task's train texts
